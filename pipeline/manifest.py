@@ -1,0 +1,93 @@
+"""The model folder's `model.json`: components, sampling defaults and limits."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ModelFolderError
+
+DTYPES = {"fp32", "fp16", "bf16"}
+
+
+class Component(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cls: str = Field(alias="class")
+    path: str
+    tokenizer: str | None = None
+    max_length: int | None = None
+    dtype: str = "fp32"
+    name: str | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v):
+        if v not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
+        return v
+
+
+class Components(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    t5: Component
+    clip: Component
+    dinov2: Component | None = None
+    vae: Component
+    router: Component
+    experts: list[Component] = Field(min_length=1)
+
+
+class SamplingDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 3.0
+    guidance_oscillation: bool = False
+    fps: int = 24
+    num_frames: int = 129
+    size: str = "256x256"
+    top_k: int = 1
+    negative_prompt: str = ""
+    prompt_template: str = "{prompt}"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sizes: list[str] = Field(min_length=1)
+    num_frames: list[int] = Field(min_length=1)
+    max_steps: int = 100
+    max_fps: int = 60
+    max_prompt_chars: int = 4000
+
+
+class Routing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    renormalize: bool = True
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    format: Literal["paris-ddm/1"] = "paris-ddm/1"
+    description: str = ""
+    components: Components
+    sampling: SamplingDefaults = SamplingDefaults()
+    limits: Limits
+    routing: Routing = Routing()
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: model.json not found (is {folder} a model folder?)")
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ModelFolderError(f"{path}: {exc}") from exc
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WxH' -> (width, height)."""
+    w, _, h = size.lower().partition("x")
+    return int(w), int(h)

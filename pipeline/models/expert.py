@@ -1,0 +1,104 @@
+"""The expert: a FLUX-style MM-DiT, checkpoint-compatible with Open-Sora v2's `MMDiTModel`
+(same config field names, unfused state-dict keys, rotate-half RoPE over (t, h, w))."""
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from .layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, rope_cos_sin, timestep_embedding
+
+
+@dataclass
+class MMDiTConfig:
+    in_channels: int = 64
+    vec_in_dim: int = 768
+    context_in_dim: int = 4096
+    hidden_size: int = 3072
+    mlp_ratio: float = 4.0
+    num_heads: int = 24
+    depth: int = 19
+    depth_single_blocks: int = 38
+    axes_dim: list[int] = field(default_factory=lambda: [16, 56, 56])
+    theta: int = 10000
+    qkv_bias: bool = True
+    guidance_embed: bool = False
+    cond_embed: bool = True
+    patch_size: int = 2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MMDiTConfig":
+        """Takes Open-Sora's config dicts too: fields we do not use (from_pretrained,
+        fused_qkv, grad_ckpt_settings, ...) are ignored."""
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        if d.get("fused_qkv", False):
+            raise ValueError("fused_qkv checkpoints are not supported; use the released unfused layout")
+        if cfg.guidance_embed:
+            raise ValueError("guidance_embed=True is not supported (Open-Sora v2 experts use False)")
+        if cfg.hidden_size % cfg.num_heads or sum(cfg.axes_dim) != cfg.hidden_size // cfg.num_heads:
+            raise ValueError("axes_dim must sum to hidden_size / num_heads")
+        return cfg
+
+
+def pack(latent: torch.Tensor, patch: int = 2) -> torch.Tensor:
+    """b c t (h p) (w q) -> b (t h w) (c p q)."""
+    b, c, t, h, w = latent.shape
+    x = latent.reshape(b, c, t, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 3, 5, 1, 4, 6).reshape(b, t * (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpack(tokens: torch.Tensor, t: int, h: int, w: int, patch: int = 2) -> torch.Tensor:
+    """Inverse of `pack`; h and w are the latent (unpacked) height and width."""
+    b, _, d = tokens.shape
+    c = d // (patch * patch)
+    x = tokens.reshape(b, t, h // patch, w // patch, c, patch, patch)
+    return x.permute(0, 4, 1, 2, 5, 3, 6).reshape(b, c, t, h, w)
+
+
+def image_positions(t: int, h: int, w: int, patch: int = 2) -> torch.Tensor:
+    """Integer (t, i, j) ids of packed tokens, shape (t*h'*w', 3)."""
+    grid = torch.meshgrid(torch.arange(t), torch.arange(h // patch), torch.arange(w // patch), indexing="ij")
+    return torch.stack(grid, dim=-1).reshape(-1, 3)
+
+
+class MMDiT(nn.Module):
+    def __init__(self, config: MMDiTConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.img_in = nn.Linear(config.in_channels, hidden, bias=True)
+        self.time_in = MLPEmbedder(256, hidden)
+        self.vector_in = MLPEmbedder(config.vec_in_dim, hidden)
+        if config.cond_embed:
+            # mask (1 channel) + reference latent, packed: in_channels + patch^2 features.
+            self.cond_in = nn.Linear(config.in_channels + config.patch_size**2, hidden, bias=True)
+        self.txt_in = nn.Linear(config.context_in_dim, hidden)
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(hidden, config.num_heads, config.mlp_ratio, config.qkv_bias) for _ in range(config.depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(hidden, config.num_heads, config.mlp_ratio) for _ in range(config.depth_single_blocks)
+        )
+        self.final_layer = LastLayer(hidden, config.in_channels)
+        if config.cond_embed:
+            nn.init.zeros_(self.cond_in.weight)
+            nn.init.zeros_(self.cond_in.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.img_in.weight.dtype
+
+    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None):
+        x = self.img_in(img)
+        if self.config.cond_embed and cond is not None:
+            x = x + self.cond_in(cond)
+        vec = self.time_in(timestep_embedding(timesteps, 256).to(x.dtype)) + self.vector_in(y_vec)
+        txt = self.txt_in(txt)
+        cos, sin = rope_cos_sin(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
+        for block in self.double_blocks:
+            x, txt = block(x, txt, vec, cos, sin)
+        x = torch.cat((txt, x), dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec, cos, sin)
+        return self.final_layer(x[:, txt.shape[1] :], vec)

@@ -1,0 +1,77 @@
+"""Routing policies: which experts drive a step, and with what weights.
+
+A policy sees the router's logits for one request at one step (or none, when it bypasses the
+router) and returns the chosen experts with their weights. Every choice is written to the
+request's trace.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Choice:
+    experts: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+class TopK:
+    needs_router = True
+
+    def __init__(self, k: int, renormalize: bool = True):
+        self.k = k
+        self.renormalize = renormalize
+
+    def choose(self, step: int, logits: torch.Tensor) -> Choice:
+        probs = torch.softmax(logits.double(), dim=-1)
+        top = torch.topk(probs, self.k)
+        weights = top.values / top.values.sum() if self.renormalize else top.values
+        return Choice(tuple(int(i) for i in top.indices), tuple(float(w) for w in weights))
+
+
+class FullEnsemble:
+    needs_router = True
+
+    def choose(self, step: int, logits: torch.Tensor) -> Choice:
+        probs = torch.softmax(logits.double(), dim=-1)
+        return Choice(tuple(range(len(probs))), tuple(float(p) for p in probs))
+
+
+class FixedExpert:
+    needs_router = False
+
+    def __init__(self, expert: int):
+        self.expert = expert
+
+    def choose(self, step: int, logits=None) -> Choice:
+        return Choice((self.expert,), (1.0,))
+
+
+class ExpertSchedule:
+    """An explicit expert per step (the paper's switching ablation); bypasses the router."""
+
+    needs_router = False
+
+    def __init__(self, schedule: list[int]):
+        self.schedule = list(schedule)
+
+    def choose(self, step: int, logits=None) -> Choice:
+        return Choice((self.schedule[step],), (1.0,))
+
+
+@dataclass
+class RoutingTrace:
+    steps: list[dict] = field(default_factory=list)
+
+    def record(self, step: int, t: float, choice: Choice) -> None:
+        self.steps.append({"step": step, "t": t, "experts": list(choice.experts), "weights": list(choice.weights)})
+
+    def expert_share(self, num_experts: int) -> list[float]:
+        """Share of the total routing weight each expert carried over all steps."""
+        totals = [0.0] * num_experts
+        for entry in self.steps:
+            for e, w in zip(entry["experts"], entry["weights"]):
+                totals[e] += w
+        n = max(len(self.steps), 1)
+        return [round(v / n, 4) for v in totals]
