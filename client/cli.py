@@ -1,0 +1,27 @@
+"""The `paris` command. Each area registers its own subcommands from its own module."""
+
+import argparse
+import importlib
+import sys
+
+# Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(run=...)`.
+COMMAND_MODULES = [
+    "pipeline.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paris", description="Serve and run Paris 2.0 style DDM video models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
