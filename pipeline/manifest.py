@@ -53,9 +53,14 @@ class SamplingDefaults(BaseModel):
 
 
 class Limits(BaseModel):
+    """Frame counts are 4k+1 (the VAE's causal temporal compression) up to `max_frames`;
+    sizes are the listed "WxH" values, each a multiple of `size_multiple` (VAE x patch)."""
+
     model_config = ConfigDict(extra="forbid")
     sizes: list[str] = Field(min_length=1)
-    num_frames: list[int] = Field(min_length=1)
+    max_frames: int = 129
+    temporal_compression: int = 4
+    size_multiple: int = 16
     max_steps: int = 100
     max_fps: int = 60
     max_prompt_chars: int = 4000

@@ -1,0 +1,144 @@
+"""A generation request, and its resolution against a model's defaults and limits.
+
+`resolve` is pure (manifest only, no weights), so the API process validates with exactly the
+rules the worker applies.
+"""
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+from .errors import InvalidRequest
+from .manifest import Manifest, parse_size
+
+RoutingMode = Literal["top_k", "ensemble", "fixed", "schedule"]
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None
+    image: Image.Image | None = None
+    num_frames: int | None = None
+    size: str | None = None
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    guidance_oscillation: bool | None = None
+    seed: int | None = None
+    top_k: int | None = None
+    routing: RoutingMode = "top_k"
+    expert: int | None = None
+    expert_schedule: list[int] | None = None
+
+
+@dataclass
+class ResolvedRequest:
+    """Every field filled and checked; `prompt` already has the model's template applied."""
+
+    prompt: str
+    negative_prompt: str
+    image: Image.Image | None
+    num_frames: int
+    width: int
+    height: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    image_guidance_scale: float
+    guidance_oscillation: bool
+    seed: int
+    routing: RoutingMode
+    top_k: int
+    expert: int | None
+    expert_schedule: list[int] | None = field(default=None)
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def _check(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequest(param, message)
+
+
+def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
+    d, limits = manifest.sampling, manifest.limits
+    num_experts = len(manifest.components.experts)
+
+    _check(isinstance(request.prompt, str) and request.prompt.strip() != "", "prompt", "prompt must be a non-empty string")
+    _check(len(request.prompt) <= limits.max_prompt_chars, "prompt", f"prompt is longer than {limits.max_prompt_chars} characters")
+    negative = d.negative_prompt if request.negative_prompt is None else request.negative_prompt
+    _check(len(negative) <= limits.max_prompt_chars, "negative_prompt", "negative_prompt is too long")
+
+    frames = d.num_frames if request.num_frames is None else request.num_frames
+    tc = limits.temporal_compression
+    _check(isinstance(frames, int) and frames >= 1 and (frames - 1) % tc == 0, "num_frames",
+           f"num_frames must be {tc}k+1 (1, {tc + 1}, {2 * tc + 1}, ...), got {frames}")
+    _check(frames <= limits.max_frames, "num_frames", f"num_frames must be at most {limits.max_frames}, got {frames}")
+
+    size = d.size if request.size is None else request.size
+    try:
+        width, height = parse_size(size)
+    except (ValueError, AttributeError):
+        raise InvalidRequest("size", f"size must look like 'WIDTHxHEIGHT', got {size!r}") from None
+    m = limits.size_multiple
+    _check(width > 0 and height > 0 and width % m == 0 and height % m == 0, "size",
+           f"width and height must be positive multiples of {m}, got {size}")
+    _check(f"{width}x{height}" in limits.sizes, "size", f"size {size} is not supported; supported: {', '.join(limits.sizes)}")
+
+    fps = d.fps if request.fps is None else request.fps
+    _check(isinstance(fps, int) and 1 <= fps <= limits.max_fps, "fps", f"fps must be between 1 and {limits.max_fps}")
+
+    steps = d.num_inference_steps if request.num_inference_steps is None else request.num_inference_steps
+    _check(isinstance(steps, int) and 1 <= steps <= limits.max_steps, "num_inference_steps",
+           f"num_inference_steps must be between 1 and {limits.max_steps}")
+
+    guidance = d.guidance_scale if request.guidance_scale is None else request.guidance_scale
+    _check(0.0 <= guidance <= 50.0, "guidance_scale", "guidance_scale must be between 0 and 50")
+    image_guidance = d.image_guidance_scale if request.image_guidance_scale is None else request.image_guidance_scale
+    _check(0.0 <= image_guidance <= 50.0, "image_guidance_scale", "image_guidance_scale must be between 0 and 50")
+    if request.image is not None:
+        _check(manifest.components.dinov2 is not None, "input_reference", f"model {manifest.name} does not take a first frame")
+
+    seed = random.SystemRandom().randrange(MAX_SEED) if request.seed is None else request.seed
+    _check(isinstance(seed, int) and 0 <= seed <= MAX_SEED, "seed", f"seed must be an integer in [0, {MAX_SEED}]")
+
+    top_k = d.top_k if request.top_k is None else request.top_k
+    _check(isinstance(top_k, int) and 1 <= top_k <= num_experts, "top_k", f"top_k must be between 1 and {num_experts}")
+    _check(request.routing in ("top_k", "ensemble", "fixed", "schedule"), "routing",
+           "routing must be one of top_k, ensemble, fixed, schedule")
+    expert, schedule = request.expert, request.expert_schedule
+    if request.routing == "fixed":
+        _check(isinstance(expert, int) and 0 <= expert < num_experts, "expert", f"expert must be between 0 and {num_experts - 1}")
+    if request.routing == "schedule":
+        _check(schedule is not None and len(schedule) == steps, "expert_schedule",
+               f"expert_schedule must name one expert per step ({steps} entries)")
+        _check(all(isinstance(e, int) and 0 <= e < num_experts for e in schedule), "expert_schedule",
+               f"expert_schedule entries must be between 0 and {num_experts - 1}")
+
+    return ResolvedRequest(
+        prompt=d.prompt_template.format(prompt=request.prompt),
+        negative_prompt=negative,
+        image=request.image,
+        num_frames=frames,
+        width=width,
+        height=height,
+        fps=fps,
+        num_inference_steps=steps,
+        guidance_scale=float(guidance),
+        image_guidance_scale=float(image_guidance),
+        guidance_oscillation=d.guidance_oscillation if request.guidance_oscillation is None else request.guidance_oscillation,
+        seed=seed,
+        routing=request.routing,
+        top_k=top_k,
+        expert=expert if request.routing == "fixed" else None,
+        expert_schedule=list(schedule) if request.routing == "schedule" else None,
+    )
+
+
