@@ -1,0 +1,26 @@
+"""One whole generation: a thin loop over the step-level engine."""
+
+from typing import Callable
+
+from .engine import Engine, Failed, Finished, GenerationResult, Progress
+from .loader import DDMModel
+from .request import GenerationRequest
+
+
+class GenerationFailed(RuntimeError):
+    pass
+
+
+def generate(model: DDMModel, request: GenerationRequest,
+             on_progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    engine = Engine(model, max_batch=1)
+    engine.admit("generate", request)
+    while engine.has_work:
+        for event in engine.tick():
+            if isinstance(event, Progress) and on_progress:
+                on_progress(event.step, event.total)
+            elif isinstance(event, Finished):
+                return event.result
+            elif isinstance(event, Failed):
+                raise GenerationFailed(event.message)
+    raise GenerationFailed("the engine stopped without a result")
