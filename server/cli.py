@@ -1,0 +1,173 @@
+"""`paris serve` (API + one worker + embedded Valkey), `paris api`, `paris worker`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .settings import Settings
+
+log = logging.getLogger("paris.cli")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
+    p.add_argument("--model", help="model folder (default weights/paris-mini; env PARIS_MODEL)")
+    p.add_argument("--redis-url", help="Redis >= 7.2 / Valkey URL; omitted: embedded Valkey with AOF in --data-dir")
+    p.add_argument("--data-dir", type=Path, help="embedded Valkey data and default artifact dir (default .paris)")
+    p.add_argument("--artifact-dir", type=Path, help="shared artifact directory (default DATA_DIR/artifacts)")
+    p.add_argument("--job-ttl", dest="job_ttl_s", type=int, help="seconds finished jobs and files are kept")
+    p.add_argument("--lease-ms", dest="lease_ms", type=int, help="job lease; a job whose worker stops renewing "
+                   "it for this long is taken over by another worker")
+    p.add_argument("--max-attempts", type=int, help="times a job is started before it fails")
+    p.add_argument("--log-level", default="INFO")
+    if http:
+        p.add_argument("--host", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8000)")
+        p.add_argument("--api-key", dest="api_keys", action="append", help="accept this API key (repeatable; "
+                       "env PARIS_API_KEYS=k1,k2); keys are kept only as sha256 digests")
+        p.add_argument("--allow-unauthenticated-public", action="store_true", default=None,
+                       help="allow binding beyond 127.0.0.1 without API keys")
+        p.add_argument("--max-upload-bytes", type=int)
+        p.add_argument("--max-active-jobs-per-key", type=int)
+    if worker:
+        p.add_argument("--device", help="torch device for the worker (default cpu)")
+        p.add_argument("--max-batch", type=int, help="requests denoised together (worker capacity)")
+        p.add_argument("--worker-id")
+        p.add_argument("--tick-delay", dest="tick_delay_s", type=float, help="sleep after each step (debugging)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    fields = set(Settings.model_fields)
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return Settings(**overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def _redis_url(settings: Settings, start: bool):
+    """(url, embedded server or None)."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    if start:
+        from .embedded import start_embedded
+        server = start_embedded(settings.data_dir)
+        return server.connection_url, server
+    port_file = Path(settings.data_dir) / "valkey" / "port.json"
+    if port_file.exists():
+        return f"redis://127.0.0.1:{json.loads(port_file.read_text())['port']}", None
+    raise SystemExit("paris worker: no --redis-url and no embedded Valkey found in the data dir; "
+                     "start `paris api` first or pass --redis-url")
+
+
+def _check_bind(settings: Settings) -> None:
+    if settings.host not in LOOPBACK and not (settings.api_keys or settings.api_key_hashes) \
+            and not settings.allow_unauthenticated_public:
+        raise SystemExit(f"refusing to bind {settings.host} without API keys: pass --api-key KEY "
+                         "(or PARIS_API_KEYS), or --allow-unauthenticated-public to serve without keys")
+
+
+def _run_api(settings: Settings, url: str) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings, redis_url=url)
+    log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
+                         "model": app.state.manifest.name, "auth": app.state.keys.enabled}))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+def cmd_api(args) -> int:
+    _setup_logging(args.log_level)
+    settings = settings_from_args(args)
+    _check_bind(settings)
+    url, server = _redis_url(settings, start=True)
+    try:
+        _run_api(settings, url)
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    _setup_logging(args.log_level)
+    settings = settings_from_args(args)
+    url, _ = _redis_url(settings, start=False)
+    from .worker import build_worker
+
+    worker = build_worker(settings, url)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    worker.run()
+    return 0
+
+
+def _worker_argv(args, settings: Settings, url: str) -> list[str]:
+    argv = [sys.executable, "-m", "client.cli", "worker", "--redis-url", url, "--model", str(settings.model),
+            "--artifact-dir", str(settings.resolved_artifact_dir().resolve()), "--log-level", args.log_level]
+    for flag, key in [("--device", "device"), ("--max-batch", "max_batch"), ("--lease-ms", "lease_ms"),
+                      ("--max-attempts", "max_attempts"), ("--job-ttl", "job_ttl_s"), ("--tick-delay", "tick_delay_s")]:
+        argv += [flag, str(getattr(settings, key))]
+    return argv
+
+
+def cmd_serve(args) -> int:
+    """API + one worker (a supervised subprocess) + embedded Valkey unless --redis-url."""
+    _setup_logging(args.log_level)
+    settings = settings_from_args(args)
+    _check_bind(settings)
+    url, server = _redis_url(settings, start=True)
+    stop = threading.Event()
+    proc: list[subprocess.Popen] = []
+    repo_root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+
+    def supervise():
+        while not stop.is_set():
+            p = subprocess.Popen(_worker_argv(args, settings, url), env=env)
+            proc[:] = [p]
+            while p.poll() is None and not stop.is_set():
+                time.sleep(0.5)
+            if not stop.is_set():
+                log.warning(json.dumps({"event": "worker_exited", "code": p.returncode, "restart_in_s": 2}))
+                time.sleep(2)
+
+    threading.Thread(target=supervise, daemon=True).start()
+    try:
+        _run_api(settings, url)
+    finally:
+        stop.set()
+        for p in proc:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if server:
+            server.stop()
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="API + one worker + embedded Valkey (single machine)")
+    _common(p, http=True, worker=True)
+    p.set_defaults(run=cmd_serve)
+    p = subparsers.add_parser("api", help="the HTTP API only (workers run separately)")
+    _common(p, http=True, worker=False)
+    p.set_defaults(run=cmd_api)
+    p = subparsers.add_parser("worker", help="a GPU/CPU worker pulling jobs from Redis")
+    _common(p, http=False, worker=True)
+    p.set_defaults(run=cmd_worker)

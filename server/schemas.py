@@ -1,0 +1,97 @@
+"""Pydantic models for request bodies and responses (OpenAI Videos API shape + extensions)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class CreateVideo(BaseModel):
+    """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    model: str | None = None
+    seconds: float | None = Field(default=None, gt=0)
+    num_frames: int | None = None
+    size: str | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    guidance_oscillation: bool | None = None
+    fps: int | None = None
+    top_k: int | None = None
+    routing: Literal["top_k", "ensemble", "fixed", "schedule"] | None = None
+    expert: int | None = None
+    expert_schedule: list[int] | None = None
+
+    @field_validator("expert_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, v):
+        if isinstance(v, str):  # "0,1,2" (multipart) -> [0, 1, 2]
+            try:
+                return [int(x) for x in v.replace(" ", "").split(",") if x != ""]
+            except ValueError:
+                raise ValueError("expert_schedule must be comma-separated expert indices, e.g. '0,2,1'") from None
+        return v
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    id: str
+    object: Literal["video"] = "video"
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int
+    prompt: str | None = None
+    seconds: str
+    size: str
+    error: VideoError | None = None
+    remixed_from_video_id: str | None = None
+    # extensions
+    seed: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    step: int | None = None
+    queue_position: int | None = None
+    attempts: int = 0
+    image_to_video: bool = False
+    routing: dict | None = Field(default=None, description="routing policy and share of steps per expert; "
+                                                           "full per-step trace at /v1/videos/{id}/trace")
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "paris"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

@@ -1,0 +1,55 @@
+"""Server settings: environment variables with a `PARIS_` prefix, overridden by CLI flags."""
+
+from pathlib import Path
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore")
+
+    # Where things live
+    model: str = "weights/paris-mini"          # model folder served by the API and run by workers
+    redis_url: str | None = None               # None: start an embedded Valkey (AOF on) in data_dir
+    data_dir: Path = Path(".paris")            # embedded Valkey data + default artifact dir
+    artifact_dir: Path | None = None           # default: data_dir / "artifacts"
+    key_prefix: str = "paris"                  # namespace of every Redis key
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)        # plain keys (hashed at startup, never stored)
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 hex digests of keys
+    allow_unauthenticated_public: bool = False  # bind beyond loopback without keys only when this is set
+
+    # Limits
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_active_jobs_per_key: int = 16           # queued + running jobs per key (429 beyond)
+    poll_after_ms: int = 1000
+
+    # Queue
+    job_ttl_s: int = 24 * 3600                  # finished records and files expire after this
+    lease_ms: int = 30_000                      # a running job's lease; renewed every lease/3
+    max_attempts: int = 3
+    heartbeat_ttl_s: float = 15.0               # /ready needs a worker heartbeat younger than this
+
+    # Worker
+    worker_id: str | None = None
+    device: str = "cpu"
+    max_batch: int = 8
+    tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
+
+    @field_validator("api_keys", "api_key_hashes", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    def resolved_artifact_dir(self) -> Path:
+        return Path(self.artifact_dir) if self.artifact_dir else Path(self.data_dir) / "artifacts"
