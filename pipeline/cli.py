@@ -1,0 +1,96 @@
+"""`paris generate` and `paris weights verify`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from weights import DEFAULT_MODEL
+
+from .errors import InvalidRequest, ModelFolderError
+
+
+def register(sub) -> None:
+    gen = sub.add_parser("generate", help="generate one video locally (no server)")
+    gen.add_argument("prompt")
+    gen.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    gen.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    gen.add_argument("--out", type=Path, default=Path("out.mp4"))
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--guidance", type=float)
+    gen.add_argument("--image-guidance", type=float)
+    gen.add_argument("--oscillate", action="store_true", default=None, help="guidance oscillation")
+    gen.add_argument("--frames", type=int)
+    gen.add_argument("--size", help="WIDTHxHEIGHT")
+    gen.add_argument("--fps", type=int)
+    gen.add_argument("--negative-prompt")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--routing", choices=["top_k", "ensemble", "fixed", "schedule"], default="top_k")
+    gen.add_argument("--expert", type=int, help="with --routing fixed")
+    gen.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(run=run_generate)
+
+    weights = sub.add_parser("weights", help="model folder tools")
+    wsub = weights.add_subparsers(dest="weights_command", required=True)
+    verify = wsub.add_parser("verify", help="check a model folder from safetensors headers alone")
+    verify.add_argument("folder", type=Path)
+    verify.set_defaults(run=run_verify)
+
+
+def run_generate(args) -> int:
+    from .generate import GenerationFailed, generate
+    from .loader import load_model
+    from .request import GenerationRequest
+    from .video import write_mp4, write_spritesheet, write_thumbnail
+
+    try:
+        image = Image.open(args.image) if args.image else None
+        schedule = [int(x) for x in args.schedule.split(",")] if args.schedule else None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    request = GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, num_frames=args.frames, size=args.size,
+        fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
+        guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
+        expert_schedule=schedule)
+    try:
+        model = load_model(args.model, args.device)
+        with tqdm(desc="denoising", unit="step") as bar:
+            def on_progress(step, total):
+                bar.total = total
+                bar.update(step - bar.n)
+            result = generate(model, request, on_progress)
+    except InvalidRequest as exc:
+        print(f"error: {exc.param}: {exc.message}", file=sys.stderr)
+        return 2
+    except (ModelFolderError, GenerationFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(result.frames, result.fps, args.out)
+    thumb = write_thumbnail(result.frames, args.out.with_suffix(".png"))
+    sheet = write_spritesheet(result.frames, args.out.with_name(args.out.stem + "_sheet.png"))
+    names = [e.name or e.path for e in model.manifest.components.experts]
+    counts = [sum(e in s["experts"] for s in result.trace.steps) for e in range(model.num_experts)]
+    print(f"wrote {args.out} ({len(result.frames)} frames, {result.request.size}, {result.fps} fps, seed {result.seed}), {thumb}, {sheet}")
+    print("routing: " + ", ".join(f"{n} {c / len(result.trace.steps):.0%} of steps (weight {w:.2f})"
+                                  for n, c, w in zip(names, counts, result.expert_share)))
+    return 0
+
+
+def run_verify(args) -> int:
+    from .verify import verify_model_folder
+
+    problems = verify_model_folder(args.folder)
+    if problems:
+        print(f"{args.folder}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.folder}: ok")
+    return 0
