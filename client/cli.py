@@ -8,6 +8,7 @@ import sys
 COMMAND_MODULES = [
     "pipeline.cli",
     "server.cli",
+    "client.submit",
 ]
 
 
