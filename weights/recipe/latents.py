@@ -1,0 +1,62 @@
+"""Latent cache: clips of each cluster VAE-encoded once, with their text and first-frame features.
+
+Everything the expert and router stages read comes from here, so the VAE and the frozen
+encoders run once per clip. The encodings are the inference pipeline's own functions.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import CLUSTERS, make_clips, to_model_space
+
+
+@dataclass
+class LatentCache:
+    latents: torch.Tensor  # (N, 16, T, h, w), scaled
+    cluster: torch.Tensor  # (N,) int64
+    prompt_index: torch.Tensor  # (N,) int64 into `prompts`
+    image_feature: torch.Tensor  # (N, dino_dim) DINOv2 pooled feature of frame 0
+    prompts: list[str]  # prompts[0] is "" (the null prompt)
+    t5: torch.Tensor  # (P, L, d)
+    clip: torch.Tensor  # (P, d)
+
+    def subset(self, cluster: int) -> "LatentCache":
+        keep = self.cluster == cluster
+        return LatentCache(self.latents[keep], self.cluster[keep], self.prompt_index[keep], self.image_feature[keep],
+                           self.prompts, self.t5, self.clip)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+
+@torch.no_grad()
+def encode_clips(vae, clips: np.ndarray, batch: int = 64) -> torch.Tensor:
+    out = []
+    for i in range(0, len(clips), batch):
+        x = to_model_space(clips[i : i + batch])
+        out.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def build_cache(vae, encoders, per_cluster: int, seed: int, progress: bool = True, batch: int = 64) -> LatentCache:
+    latents, clusters, prompt_idx, features = [], [], [], []
+    prompts = [""]
+    lookup = {"": 0}
+    for c, name in enumerate(CLUSTERS):
+        clips, specs = make_clips(per_cluster, seed * 100 + c, cluster=name)
+        for i in tqdm(range(0, per_cluster, batch), desc=f"cache {name}", disable=not progress, mininterval=2):
+            latents.append(encode_clips(vae, clips[i : i + batch], batch))
+            features.append(encoders.image(clips[i : i + batch, 0]))
+        for sp in specs:
+            if sp.prompt not in lookup:
+                lookup[sp.prompt] = len(prompts)
+                prompts.append(sp.prompt)
+            prompt_idx.append(lookup[sp.prompt])
+        clusters += [c] * per_cluster
+    t5, clip = encoders.text(prompts)
+    return LatentCache(torch.cat(latents), torch.tensor(clusters), torch.tensor(prompt_idx), torch.cat(features),
+                       prompts, t5, clip)

@@ -1,0 +1,103 @@
+"""Train a small diffusers AutoencoderKLHunyuanVideo on the synthetic clips.
+
+32x32x9 clips -> 16 x 3 x 8 x 8 latents (x4 spatial, x4 temporal, causal: latent frame 0 is
+frame 0 alone, which is what image-to-video conditions on). After training the config's
+scaling_factor is set so that scaled latents have unit standard deviation.
+"""
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLHunyuanVideo
+from tqdm import tqdm
+
+from .common import cosine_lr, log_event, set_lr
+from .data import make_clips, to_model_space
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+    up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+    block_out_channels=(16, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=8,
+    spatial_compression_ratio=4,
+    temporal_compression_ratio=4,
+    mid_block_add_attention=True,
+    scaling_factor=1.0,
+)
+
+
+def build_vae(seed: int, **overrides) -> AutoencoderKLHunyuanVideo:
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(**{**VAE_CONFIG, **overrides})
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    return vae
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of two [-1, 1] tensors, in dB."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).mean().item()
+    return 10 * np.log10(4.0 / max(mse, 1e-12))
+
+
+def train_vae(steps: int, batch: int, seed: int, lr: float = 2e-3, l2_weight: float = 1e-4, latent_noise: float = 0.1, progress: bool = True,
+              **overrides) -> tuple[AutoencoderKLHunyuanVideo, dict]:
+    vae = build_vae(seed, **overrides)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng_seed = seed * 1000 + 17
+    val = to_model_space(make_clips(32, seed + 999)[0])
+    history = []
+    torch.manual_seed(seed + 1)
+    bar = tqdm(range(steps), desc="vae", disable=not progress, mininterval=2)
+    for step in bar:
+        x = to_model_space(make_clips(batch, rng_seed + step)[0])
+        z = vae.encode(x).latent_dist.mode()
+        # Deterministic autoencoder with a little latent noise (so the decoder tolerates the
+        # imperfect latents a sampler produces) and a small L2 pull keeping latents near 0.
+        z_noisy = z + latent_noise * z.detach().std() * torch.randn_like(z)
+        rec = vae.decode(z_noisy).sample
+        err = rec - x
+        # Frame 0 counts twice: image-to-video replays its latent exactly, so its quality shows.
+        weights = torch.ones(x.shape[2])
+        weights[0] = 2.0
+        per_frame = (err.abs() + err.pow(2)).mean(dim=(0, 1, 3, 4))
+        loss = (per_frame * weights).sum() / weights.sum() + l2_weight * z.pow(2).mean()
+        set_lr(opt, cosine_lr(step, steps, lr))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        history.append(loss.item())
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{np.mean(history[-25:]):.4f}")
+            extra = {}
+            if step % 100 == 0 or step == steps - 1:
+                vae.eval()
+                extra = {k: v for k, v in evaluate_vae(vae, val).items() if k.startswith("psnr")}
+                vae.train()
+            log_event("vae_step", step=step, loss=np.mean(history[-25:]), **extra)
+    vae.eval()
+    stats = evaluate_vae(vae, val)
+    stats["loss_first"], stats["loss_last"] = float(np.mean(history[:10])), float(np.mean(history[-10:]))
+    vae.register_to_config(scaling_factor=stats["scaling_factor"])
+    log_event("vae_done", **stats)
+    return vae, stats
+
+
+@torch.no_grad()
+def evaluate_vae(vae, x: torch.Tensor) -> dict:
+    z = vae.encode(x).latent_dist.mode()
+    rec = vae.decode(z).sample
+    first = vae.decode(vae.encode(x[:, :, :1]).latent_dist.mode()).sample
+    return {
+        "psnr": psnr(rec, x),
+        "psnr_frame0": psnr(rec[:, :, 0], x[:, :, 0]),
+        "psnr_single_frame": psnr(first[:, :, 0], x[:, :, 0]),
+        "latent_mean": float(z.mean()),
+        "latent_std": float(z.std()),
+        "scaling_factor": float(1.0 / z.std()),
+    }
