@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.engine import Engine
+from pipeline.request import GenerationRequest
+from pipeline.routing import ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
+
+LOGITS = torch.tensor([0.0, 2.0, 1.0])
+PROBS = [math.exp(v) / sum(math.exp(x) for x in (0.0, 2.0, 1.0)) for v in (0.0, 2.0, 1.0)]
+
+
+def test_top1_picks_the_largest_logit_with_weight_one():
+    choice = TopK(1).choose(0, LOGITS)
+    assert choice.experts == (1,) and choice.weights == (1.0,)
+
+
+def test_top2_renormalises_softmax_over_the_chosen_pair():
+    choice = TopK(2).choose(0, LOGITS)
+    assert choice.experts == (1, 2)
+    assert choice.weights == pytest.approx((PROBS[1] / (PROBS[1] + PROBS[2]), PROBS[2] / (PROBS[1] + PROBS[2])))
+
+
+def test_top2_without_renormalisation_keeps_softmax_weights():
+    assert TopK(2, renormalize=False).choose(0, LOGITS).weights == pytest.approx((PROBS[1], PROBS[2]))
+
+
+def test_full_ensemble_uses_every_expert_with_softmax_weights():
+    choice = FullEnsemble().choose(0, LOGITS)
+    assert choice.experts == (0, 1, 2) and choice.weights == pytest.approx(tuple(PROBS))
+
+
+def test_fixed_and_schedule_ignore_logits():
+    assert FixedExpert(2).choose(5).experts == (2,)
+    schedule = ExpertSchedule([0, 1, 1, 0])
+    assert [schedule.choose(i).experts[0] for i in range(4)] == [0, 1, 1, 0]
+    assert not FixedExpert(0).needs_router and not ExpertSchedule([0]).needs_router
+
+
+def test_trace_records_steps_and_shares():
+    trace = RoutingTrace()
+    trace.record(0, 1.0, TopK(2).choose(0, LOGITS))
+    trace.record(1, 0.5, FixedExpert(0).choose(1))
+    assert trace.steps[1] == {"step": 1, "t": 0.5, "experts": [0], "weights": [1.0]}
+    share = trace.expert_share(3)
+    assert sum(share) == pytest.approx(1.0, abs=1e-3) and share[0] == pytest.approx(0.5, abs=1e-3)
+
+
+def run(model, request):
+    engine = Engine(model)
+    engine.admit("job", request)
+    finished = []
+    while engine.has_work:
+        finished += [e for e in engine.tick() if hasattr(e, "result")]
+    return finished[0].result
+
+
+def count_router_calls(model):
+    router = model.get("router")
+    calls = []
+    handle = router.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_engine_router_decides_top_k_every_step(tiny_model):
+    calls, handle = count_router_calls(tiny_model)
+    try:
+        result = run(tiny_model, GenerationRequest("a red circle", seed=1, top_k=2))
+    finally:
+        handle.remove()
+    assert len(calls) == 4  # one router forward per step
+    assert all(len(s["experts"]) == 2 and sum(s["weights"]) == pytest.approx(1.0) for s in result.trace.steps)
+
+
+def test_engine_fixed_expert_and_schedule_never_call_the_router(tiny_model):
+    calls, handle = count_router_calls(tiny_model)
+    try:
+        fixed = run(tiny_model, GenerationRequest("a red circle", seed=1, routing="fixed", expert=2))
+        scheduled = run(tiny_model, GenerationRequest("a red circle", seed=1, routing="schedule", expert_schedule=[0, 1, 0, 2]))
+    finally:
+        handle.remove()
+    assert calls == []
+    assert [s["experts"] for s in fixed.trace.steps] == [[2]] * 4
+    assert [s["experts"][0] for s in scheduled.trace.steps] == [0, 1, 0, 2]
