@@ -9,6 +9,7 @@ COMMAND_MODULES = [
     "pipeline.cli",
     "server.cli",
     "client.submit",
+    "weights.recipe.cli",
 ]
 
 

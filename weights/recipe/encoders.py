@@ -126,6 +126,16 @@ class Encoders:
         self.clip = build_clip(len(self.clip_tokenizer), seed + 1, max_length)
         self.dinov2, self.image_processor = build_dinov2(seed + 2)
 
+    @classmethod
+    def from_model(cls, model) -> "Encoders":
+        """The frozen stack of a loaded model folder (`pipeline.loader.DDMModel`)."""
+        enc = cls.__new__(cls)
+        enc.max_length = model.manifest.components.t5.max_length
+        enc.t5_tokenizer, enc.clip_tokenizer = model.t5_tokenizer, model.clip_tokenizer
+        enc.t5, enc.clip = model.get("t5"), model.get("clip")
+        enc.dinov2, enc.image_processor = model.get("dinov2"), model.image_processor
+        return enc
+
     def save(self, out: Path) -> None:
         out = Path(out)
         self.t5.save_pretrained(out / "text_encoder")

@@ -1,0 +1,235 @@
+"""Evaluate a paris-mini style model: generate, write MP4, read it back, detect, score.
+
+    python -m weights.recipe.evaluate --model weights/paris-mini --json eval.json
+    paris eval --model weights/paris-mini
+
+Sections (thresholds from issue 3):
+  t2v     colour accuracy >= 0.85, motion accuracy >= 0.75 (24 prompts x 2 seeds, top-1 routing)
+  i2v     frame-0 PSNR >= 25 dB vs the given frame, colour kept, motion accuracy >= 0.70
+  router  top-1 cluster accuracy at t <= 0.5 >= 0.90 (held-out clips), per noise level
+  special each expert forced (fixed-expert policy) on each cluster's prompts: the in-cluster
+          expert has the best motion accuracy on its own cluster
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .data import CLUSTERS, COLOURS, MOTIONS, SHAPES, ClipSpec, render_clip
+from .detector import detect_mp4
+
+THRESHOLDS = {"t2v_colour": 0.85, "t2v_motion": 0.75, "i2v_psnr": 25.0, "i2v_colour": 0.85, "i2v_motion": 0.70,
+              "router_t_le_0.5": 0.90}
+NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def prompt_set() -> list[ClipSpec]:
+    """24 prompts: every motion 3 times, every colour 4 times, every shape 8 times."""
+    colours, motions = list(COLOURS), list(MOTIONS)
+    return [ClipSpec(colours[(3 * m + j) % 6], SHAPES[(m + j) % 3], motions[m]) for m in range(8) for j in range(3)]
+
+
+def first_frame(spec: ClipSpec, seed: int) -> np.ndarray:
+    return render_clip(spec, np.random.default_rng(10_000 + seed))[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+class Runner:
+    def __init__(self, model, workdir: Path, steps: int | None = None, guidance: float | None = None):
+        from pipeline.generate import generate
+        from pipeline.request import GenerationRequest
+        from pipeline.video import read_mp4, write_mp4
+
+        self.model, self.workdir, self.steps, self.guidance = model, workdir, steps, guidance
+        self._generate, self._request, self._write, self._read = generate, GenerationRequest, write_mp4, read_mp4
+        self.times: list[float] = []
+        self.count = 0
+
+    def __call__(self, spec: ClipSpec, seed: int, image: np.ndarray | None = None, **routing) -> dict:
+        request = self._request(prompt=spec.prompt, seed=seed, num_inference_steps=self.steps,
+                                guidance_scale=self.guidance, image=Image.fromarray(image) if image is not None else None,
+                                **routing)
+        start = time.perf_counter()
+        result = self._generate(self.model, request)
+        self.times.append(time.perf_counter() - start)
+        self.count += 1
+        path = self.workdir / f"clip_{self.count:04d}.mp4"
+        self._write(result.frames, result.fps, path)
+        frames, _ = self._read(path)
+        det = detect_mp4(path)
+        row = {"prompt": spec.prompt, "seed": seed, "cluster": spec.cluster, "colour": det.colour, "motion": det.motion,
+               "colour_ok": det.colour == spec.colour, "motion_ok": det.motion == spec.motion, "cues": det.cues}
+        if image is not None:
+            row["psnr_frame0"] = psnr(frames[0], image)
+        trace = getattr(result, "trace", None)
+        steps = getattr(trace, "steps", None)
+        if steps:
+            row["experts"] = sorted({e for s in steps for e in s["experts"]})
+        row["_frames"] = frames
+        return row
+
+
+def _mean(rows, key) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
+def router_table(model, per_cluster: int = 64, seed: int = 4242) -> dict:
+    """Router accuracy on held-out clips at each noise level, with and without the first frame."""
+    from .encoders import Encoders
+    from .latents import build_cache
+    from .router import router_accuracy
+
+    cache = build_cache(model.get("vae"), Encoders.from_model(model), per_cluster, seed, progress=False)
+    router = model.get("router")
+    text_only = router_accuracy(router, cache, NOISE_LEVELS, with_image=False)
+    with_image = router_accuracy(router, cache, NOISE_LEVELS, with_image=True)
+    return {"levels": list(NOISE_LEVELS), "t2v": [text_only[t] for t in NOISE_LEVELS],
+            "i2v": [with_image[t] for t in NOISE_LEVELS],
+            "t_le_0.5": float(np.mean([min(text_only[t], with_image[t]) for t in NOISE_LEVELS if t <= 0.5])),
+            "clips": len(cache)}
+
+
+def evaluate(model_dir: Path, seeds=(0, 1), steps: int | None = None, guidance: float | None = None,
+             quick: bool = False, progress: bool = True, samples_png: Path | None = None) -> dict:
+    from pipeline.loader import load_model
+
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    specs = prompt_set()
+    if quick:
+        specs, seeds = specs[::4], seeds[:1]
+    report: dict = {"model": str(model_dir), "seeds": list(seeds), "prompts": [s.prompt for s in specs]}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Runner(model, Path(tmp), steps, guidance)
+        jobs = [(s, seed) for s in specs for seed in seeds]
+        t2v = [run(s, seed) for s, seed in tqdm(jobs, desc="t2v", disable=not progress)]
+        gen_times = list(run.times)
+        i2v = [run(s, seed, image=first_frame(s, seed)) for s, seed in tqdm(jobs, desc="i2v", disable=not progress)]
+        spec_rows = {}
+        for e in range(model.num_experts):
+            for s in tqdm(specs, desc=f"expert {e} fixed", disable=not progress):
+                spec_rows.setdefault(e, []).append(run(s, seeds[0], routing="fixed", expert=e))
+    if samples_png is not None:
+        write_samples(samples_png, t2v, i2v)
+    for rows in [t2v, i2v, *spec_rows.values()]:
+        for r in rows:
+            r.pop("_frames", None)
+
+    report["t2v"] = {"colour_acc": _mean(t2v, "colour_ok"), "motion_acc": _mean(t2v, "motion_ok"), "n": len(t2v),
+                     "per_cluster_motion": {c: _mean([r for r in t2v if r["cluster"] == c], "motion_ok") for c in CLUSTERS},
+                     "routed_to_own_expert": _mean([{"ok": r.get("experts") == [CLUSTERS.index(r["cluster"])]} for r in t2v], "ok"),
+                     "seconds_per_video": float(np.median(gen_times))}
+    report["i2v"] = {"psnr_frame0_mean": _mean(i2v, "psnr_frame0"), "psnr_frame0_min": float(min(r["psnr_frame0"] for r in i2v)),
+                     "colour_acc": _mean(i2v, "colour_ok"), "motion_acc": _mean(i2v, "motion_ok"), "n": len(i2v)}
+    report["router"] = router_table(model, per_cluster=16 if quick else 64)
+    matrix = [[_mean([r for r in spec_rows[e] if r["cluster"] == c], "motion_ok") for c in CLUSTERS]
+              for e in range(model.num_experts)]
+    report["specialization"] = {"experts": list(CLUSTERS), "clusters": list(CLUSTERS), "motion_acc": matrix,
+                                "in_cluster_best": all(matrix[c][c] > max(matrix[e][c] for e in range(len(matrix)) if e != c)
+                                                       for c in range(len(CLUSTERS)))}
+    report["checks"] = {
+        "t2v_colour": report["t2v"]["colour_acc"] >= THRESHOLDS["t2v_colour"],
+        "t2v_motion": report["t2v"]["motion_acc"] >= THRESHOLDS["t2v_motion"],
+        "i2v_psnr": report["i2v"]["psnr_frame0_mean"] >= THRESHOLDS["i2v_psnr"],
+        "i2v_colour": report["i2v"]["colour_acc"] >= THRESHOLDS["i2v_colour"],
+        "i2v_motion": report["i2v"]["motion_acc"] >= THRESHOLDS["i2v_motion"],
+        "router_t_le_0.5": report["router"]["t_le_0.5"] >= THRESHOLDS["router_t_le_0.5"],
+        "specialization": report["specialization"]["in_cluster_best"],
+    }
+    report["passed"] = all(report["checks"].values())
+    report["rows"] = {"t2v": t2v, "i2v": i2v, "specialization": {str(e): rows for e, rows in spec_rows.items()}}
+    return report
+
+
+def write_samples(path: Path, t2v: list[dict], i2v: list[dict], per_row: int = 9, scale: int = 2) -> None:
+    """A spritesheet: one row per clip (frames left to right), a few t2v clips then a few i2v clips."""
+    picks = [r for r in t2v if r["seed"] == 0][::3][:8] + [r for r in i2v if r["seed"] == 0][1::6][:4]
+    if not picks:
+        return
+    f, h, w, _ = picks[0]["_frames"].shape
+    sheet = np.zeros((len(picks) * (h + 2), per_row * (w + 2), 3), dtype=np.uint8)
+    for i, r in enumerate(picks):
+        idx = np.linspace(0, f - 1, per_row).round().astype(int)
+        for j, k in enumerate(idx):
+            sheet[i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = r["_frames"][k]
+    img = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+    (path.with_suffix(".txt")).write_text(
+        "\n".join(("i2v: " if "psnr_frame0" in r else "t2v: ") + f"{r['prompt']} (seed {r['seed']})" for r in picks) + "\n")
+
+
+def format_table(report: dict) -> str:
+    t, i, r, s = report["t2v"], report["i2v"], report["router"], report["specialization"]
+    ok = report["checks"]
+    mark = lambda b: "pass" if b else "FAIL"  # noqa: E731
+    lines = [
+        "| metric | measured | threshold | |",
+        "|---|---|---|---|",
+        f"| t2v colour accuracy ({t['n']} videos) | {t['colour_acc']:.3f} | >= 0.85 | {mark(ok['t2v_colour'])} |",
+        f"| t2v motion accuracy | {t['motion_acc']:.3f} | >= 0.75 | {mark(ok['t2v_motion'])} |",
+        f"| i2v frame-0 PSNR, mean (min) dB ({i['n']} videos) | {i['psnr_frame0_mean']:.2f} ({i['psnr_frame0_min']:.2f}) | >= 25 | {mark(ok['i2v_psnr'])} |",
+        f"| i2v colour kept | {i['colour_acc']:.3f} | >= 0.85 | {mark(ok['i2v_colour'])} |",
+        f"| i2v motion accuracy | {i['motion_acc']:.3f} | >= 0.70 | {mark(ok['i2v_motion'])} |",
+        f"| router top-1 accuracy, t <= 0.5 | {r['t_le_0.5']:.3f} | >= 0.90 | {mark(ok['router_t_le_0.5'])} |",
+        f"| specialization: in-cluster expert best | {s['in_cluster_best']} | true | {mark(ok['specialization'])} |",
+        "",
+        "Router top-1 accuracy by noise level (t = 1 is pure noise; " + f"{r['clips']} held-out clips):",
+        "",
+        "| t | " + " | ".join(f"{v:g}" for v in r["levels"]) + " |",
+        "|---|" + "---|" * len(r["levels"]),
+        "| text only | " + " | ".join(f"{v:.3f}" for v in r["t2v"]) + " |",
+        "| text + first frame | " + " | ".join(f"{v:.3f}" for v in r["i2v"]) + " |",
+        "",
+        "Specialization probe (motion accuracy, expert forced with the fixed-expert policy):",
+        "",
+        "| expert \\ cluster prompts | " + " | ".join(s["clusters"]) + " |",
+        "|---|" + "---|" * len(s["clusters"]),
+    ]
+    for e, row in enumerate(s["motion_acc"]):
+        lines.append(f"| expert {e} ({s['experts'][e]}) | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines += ["", f"t2v motion accuracy per cluster: " + ", ".join(f"{k} {v:.3f}" for k, v in t["per_cluster_motion"].items()),
+              f"median seconds per t2v video (this run): {t['seconds_per_video']:.2f}"]
+    return "\n".join(lines)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from weights import DEFAULT_MODEL
+
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--json", type=Path, default=Path("paris-mini-eval.json"), help="where to write the report")
+    ap.add_argument("--samples", type=Path, default=None, help="write a spritesheet PNG of some clips here")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--quick", action="store_true", help="a quarter of the prompts, one seed")
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    report = evaluate(args.model, steps=args.steps, guidance=args.guidance, quick=args.quick, samples_png=args.samples)
+    args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(format_table(report))
+    print(f"\nwrote {args.json}; all thresholds met: {report['passed']}")
+    return 0 if report["passed"] else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
