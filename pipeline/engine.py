@@ -7,12 +7,19 @@ Every tick advances each active request by one denoising step:
      rows routed to it (CFG branches and requests at different timesteps share that forward);
   4. per request: guidance combination per expert, weighted sum over experts, Euler step;
   5. finished requests are decoded together and handed back.
-Requests join and leave between ticks. Each active request advances exactly one step per tick,
-so once admitted a request never waits: its k-th step runs at its (k+1)-th tick.
+Requests join and leave between ticks.
+
+Scheduling. When every expert the active requests need fits in the device budget, each active
+request advances exactly one step per tick. When they do not fit (say a budget of one expert and
+requests routed to three), the tick serves a set of experts that fits, resident ones first and
+then the most demanded, and only the requests whose chosen experts are all in that set advance;
+the others keep their routing choice and wait. Fairness bound: a request that has waited
+`max_wait` ticks in a row is served first at the next tick (most-waited first), so no request
+waits more than `max_wait + max_batch - 1` consecutive ticks.
 """
 
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +41,7 @@ class GenerationResult:
     trace: RoutingTrace
     request: ResolvedRequest
     num_experts: int
+    residency: dict = field(default_factory=dict)  # expert loads and bytes moved while it ran
 
     @property
     def expert_share(self) -> list[float]:
@@ -71,7 +79,7 @@ class EngineStats:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: it holds tensors
 class _State:
     job_id: str
     req: ResolvedRequest
@@ -86,7 +94,10 @@ class _State:
     ref_latent: torch.Tensor | None = None
     step: int = 0
     trace: RoutingTrace = field(default_factory=RoutingTrace)
-    choice: Choice | None = None
+    choice: Choice | None = None  # this step's experts, kept while the request waits
+    waited: int = 0  # consecutive ticks without a step
+    max_waited: int = 0
+    loads_at_start: tuple[int, int] = (0, 0)
 
     @property
     def total(self) -> int:
@@ -126,9 +137,10 @@ class EmbeddingCache:
 
 
 class Engine:
-    def __init__(self, model: DDMModel, max_batch: int = 8):
+    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 8):
         self.model = model
         self.max_batch = max_batch
+        self.max_wait = max_wait
         self.pending: list[tuple[str, ResolvedRequest]] = []
         self.active: dict[str, _State] = {}
         self.cache = EmbeddingCache()
@@ -236,6 +248,7 @@ class Engine:
             txt={"cond": embeddings[req.prompt][0], "null": embeddings[req.negative_prompt][0]},
             vec={"cond": embeddings[req.prompt][1], "null": embeddings[req.negative_prompt][1]},
             img_ids=image_positions(t, h, w, patch)[None].to(m.device),
+            loads_at_start=(m.residency.stats.expert_loads(), m.residency.stats.bytes_to_device),
         )
         if image is not None:
             ref, feature = image
@@ -247,6 +260,8 @@ class Engine:
 
     # -- one denoising step for every active request ----------------------------------------
     def _route(self, states: list[_State]) -> None:
+        """Choose this step's experts for every request that has no choice yet."""
+        states = [s for s in states if s.choice is None]
         routed = [s for s in states if s.policy.needs_router]
         logits = {}
         if routed:
@@ -295,17 +310,44 @@ class Engine:
                                device=s.x.device)
         return s.txt[text], s.vec[text], cond
 
+    def _select(self, states: list[_State]) -> list[_State]:
+        """The requests that advance this tick (see Scheduling in the module docstring)."""
+        residency = self.model.residency
+        needs = {s.job_id: {f"expert_{e}" for e in s.choice.experts} for s in states}
+        if residency.fits(set().union(*needs.values())):
+            return states
+        chosen: set[str] = set()
+        starving = sorted((s for s in states if s.waited >= self.max_wait), key=lambda s: -s.waited)
+        if starving:
+            chosen |= needs[starving[0].job_id]
+        demand = Counter(e for n in needs.values() for e in n)
+        for e in sorted(demand, key=lambda e: (not residency.is_resident(e), -demand[e], e)):
+            if e not in chosen and residency.fits(chosen | {e}):
+                chosen.add(e)
+        if not chosen:  # one request's experts alone exceed the budget: run them one by one
+            chosen = needs[max(states, key=lambda s: s.waited).job_id]
+        return [s for s in states if needs[s.job_id] <= chosen]
+
     def _denoise_step(self, events: list) -> None:
-        states = list(self.active.values())
-        self._route(states)
+        waiting = list(self.active.values())
+        self._route(waiting)
+        states = self._select(waiting)
+        for s in waiting:
+            s.waited = 0 if s in states else s.waited + 1
+            s.max_waited = max(s.max_waited, s.waited)
         plans = {s.job_id: self._guidance(s) for s in states}
         branches = {s.job_id: self._branches(*plans[s.job_id]) for s in states}
         outputs: dict[tuple[str, int, str], torch.Tensor] = {}
         wanted = sorted({e for s in states for e in s.choice.experts})
         demand = {f"expert_{e}" for e in wanted}
-        # Resident experts first, so one that must be loaded never pushes out one still needed.
-        for e in sorted(wanted, key=lambda e: not self.model.residency.is_resident(f"expert_{e}")):
+        # Resident experts first, so one that must be loaded never pushes out one still needed;
+        # while one computes, the next (or, last, a waiting request's) is prefetched (CUDA).
+        order = sorted(wanted, key=lambda e: not self.model.residency.is_resident(f"expert_{e}"))
+        later = order[1:] + sorted({e for s in waiting if s not in states for e in s.choice.experts} - set(wanted))
+        for i, e in enumerate(order):
             expert = self.model.get(f"expert_{e}", demand)
+            if i < len(later):
+                self.model.residency.prefetch(f"expert_{later[i]}", protect=demand | {f"expert_{e}"})
             rows = [(s, b) for s in states if e in s.choice.experts for b in branches[s.job_id]]
             for group in _group_by(rows, lambda r: (r[0].img_ids.shape[1], r[0].txt["cond"].shape[1])):
                 out = self._timed(self._expert_forward, expert, group)
@@ -327,6 +369,7 @@ class Engine:
                 v = v + weight * guided
             s.x = sampling.euler_step(s.x, v, s.ts[s.step], s.ts[s.step + 1])
             s.step += 1
+            s.choice = None
             events.append(Progress(s.job_id, s.step, s.total))
 
     def _expert_forward(self, expert, rows) -> torch.Tensor:
@@ -362,7 +405,12 @@ class Engine:
             for i, s in enumerate(group):
                 del self.active[s.job_id]
                 if videos is not None:
-                    result = GenerationResult(videos[i][: s.req.num_frames], s.req.fps, s.req.seed, s.trace, s.req, self.model.num_experts)
+                    stats = self.model.residency.stats
+                    moved = {"expert_loads_while_running": stats.expert_loads() - s.loads_at_start[0],
+                             "bytes_to_device_while_running": stats.bytes_to_device - s.loads_at_start[1],
+                             "max_waited_ticks": s.max_waited}
+                    result = GenerationResult(videos[i][: s.req.num_frames], s.req.fps, s.req.seed, s.trace, s.req,
+                                              self.model.num_experts, moved)
                     events.append(Finished(s.job_id, result))
 
 

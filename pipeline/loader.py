@@ -96,11 +96,12 @@ class DDMModel:
         self.image_processor = AutoImageProcessor.from_pretrained(folder / c.dinov2.path) if c.dinov2 else None
 
     def _loader(self, comp: Component):
-        folder = self.folder / comp.path
+        """Reads a component into host memory; the residency manager moves it to the device."""
+        folder, host = self.folder / comp.path, torch.device("cpu")
         if comp.cls in OUR_CLASSES:
-            return lambda: build_ours(comp, folder, self.device)
+            return lambda: build_ours(comp, folder, host)
         if comp.cls in LIBRARY_CLASSES:
-            return lambda: load_library(comp, folder, self.device)
+            return lambda: load_library(comp, folder, host)
         raise ModelFolderError(f"{folder}: unknown component class {comp.cls!r}")
 
     @property
@@ -135,6 +136,9 @@ class DDMModel:
         return self.vae_config.get("temporal_compression_ratio", 4)
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu", budget_bytes: int | None = None) -> DDMModel:
-    folder = Path(folder)
-    return DDMModel(folder, read_manifest(folder), torch.device(device), Residency(budget_bytes))
+def load_model(folder: str | Path, device: str | torch.device = "cpu", budget_bytes: int | None = None,
+               host_budget_bytes: int | None = None) -> DDMModel:
+    """`budget_bytes`: device memory for weights (None: no limit); `host_budget_bytes`: pinned
+    host copies kept for evicted components (CUDA)."""
+    folder, device = Path(folder), torch.device(device)
+    return DDMModel(folder, read_manifest(folder), device, Residency(device, budget_bytes, host_budget_bytes))

@@ -1,0 +1,108 @@
+"""Residency under a byte budget, expert-major scheduling, and its fairness bound (CPU)."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.engine import Engine, Finished
+from pipeline.loader import load_model
+from pipeline.request import GenerationRequest
+from pipeline.residency import Residency
+
+
+def fake(n):
+    return lambda: nn.Linear(n, 1)
+
+
+def test_lazy_load_lru_eviction_and_demand_protection():
+    r = Residency("cpu", budget_bytes=20)
+    for name in "abc":
+        r.register(name, fake(2), nbytes=10)
+    assert r.stats.disk_loads == {}
+    r.get("a")
+    r.get("b")
+    assert r.resident() == ["a", "b"] and r.stats.disk_loads == {"a": 1, "b": 1}
+    r.get("c")  # a is least recently used
+    assert r.resident() == ["b", "c"]
+    r.get("a", demand={"b"})  # b is still needed this tick: c goes instead
+    assert sorted(r.resident()) == ["a", "b"]
+    assert r.stats.evictions == {"a": 1, "c": 1}
+    r.get("c")
+    assert r.stats.disk_loads["c"] == 2  # CPU: an evicted component is re-read from disk
+    assert r.stats.bytes_to_device == 50
+
+
+def test_prefetch_is_a_no_op_on_cpu():
+    r = Residency("cpu", budget_bytes=20)
+    r.register("a", fake(2), nbytes=10)
+    assert r.prefetch("a", protect=set()) is False and not r.is_resident("a")
+
+
+def one_expert_model(tiny_model_dir):
+    probe = load_model(tiny_model_dir)
+    expert_bytes = probe.residency.nbytes("expert_0")
+    return load_model(tiny_model_dir, budget_bytes=int(expert_bytes * 1.5))
+
+
+def mixed(i, steps=4):
+    return GenerationRequest(f"prompt {i}", seed=100 + i, routing="fixed", expert=i % 3, num_inference_steps=steps)
+
+
+def drive(engine, requests, arrivals_per_tick=None, max_ticks=500):
+    """Run to completion; with arrivals_per_tick, keep the engine full (a steady stream)."""
+    results, queue, tick = {}, list(requests), 0
+    while (queue or engine.has_work) and tick < max_ticks:
+        while queue and engine.free_slots > 0:
+            engine.admit(*queue.pop(0))
+        for event in engine.tick():
+            if isinstance(event, Finished):
+                results[event.job_id] = event.result
+        tick += 1
+    return results
+
+
+def test_budget_of_one_expert_batches_by_expert_with_fewer_loads(tiny_model_dir):
+    jobs = [(f"j{i}", mixed(i)) for i in range(6)]
+    seq_model = one_expert_model(tiny_model_dir)
+    for job in jobs:
+        drive(Engine(seq_model, max_batch=1), [job])
+    batched_model = one_expert_model(tiny_model_dir)
+    results = drive(Engine(batched_model, max_batch=6, max_wait=8), jobs)
+    assert len(results) == 6
+    seq_loads = seq_model.residency.stats.expert_loads()
+    batched_loads = batched_model.residency.stats.expert_loads()
+    assert seq_loads == 6  # experts 0,1,2,0,1,2 one after another
+    assert batched_loads == 3  # each expert once: its requests run together
+    assert all(r.residency["max_waited_ticks"] <= 8 + 6 - 1 for r in results.values())
+
+
+def test_waiting_does_not_change_the_result(tiny_model_dir):
+    alone = drive(Engine(load_model(tiny_model_dir)), [("t", mixed(1))])["t"]
+    results = drive(Engine(one_expert_model(tiny_model_dir), max_batch=4, max_wait=2), [(f"j{i}", mixed(i)) for i in range(4)])
+    assert results["j1"].residency["max_waited_ticks"] > 0  # it did wait
+    assert np.array_equal(alone.frames, results["j1"].frames)
+
+
+def test_no_request_waits_beyond_the_bound_under_a_steady_stream(tiny_model_dir):
+    max_wait, max_batch = 3, 4
+    jobs = [(f"j{i}", mixed(i, steps=6)) for i in range(30)]
+    results = drive(Engine(one_expert_model(tiny_model_dir), max_batch=max_batch, max_wait=max_wait), jobs)
+    waits = [r.residency["max_waited_ticks"] for r in results.values()]
+    assert len(results) == 30
+    assert max(waits) > 0  # contention happened
+    assert max(waits) <= max_wait + max_batch - 1
+
+
+def test_repeated_prompts_are_encoded_once(tiny_model):
+    calls = []
+    handle = tiny_model.get("t5").register_forward_hook(lambda *a: calls.append(1))
+    try:
+        engine = Engine(tiny_model, max_batch=4)
+        for i in range(3):
+            engine.admit(f"a{i}", GenerationRequest("a very repeated prompt", seed=i, num_inference_steps=1))
+        engine.tick()
+        engine.admit("b", GenerationRequest("a very repeated prompt", seed=9, num_inference_steps=1))
+        engine.tick()
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # one batched T5 call for the three, the cache for the fourth
