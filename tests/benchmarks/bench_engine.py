@@ -1,0 +1,87 @@
+"""Engine benchmarks on one machine, all ratios measured in one run:
+- throughput: 8 concurrent mixed text-to-video jobs batched vs the same engine one after another;
+- expert loads per video with a device budget that holds one expert, batched vs one after another;
+- engine overhead: time outside model forwards as a share of the tick, at batch 1.
+Prints one JSON object."""
+
+import argparse
+import json
+import time
+
+import torch
+
+from pipeline.engine import Engine, Finished
+from pipeline.loader import load_model
+from pipeline.request import GenerationRequest
+from weights import DEFAULT_MODEL
+
+PROMPTS = ["a red circle moving left", "a blue square growing", "a green triangle fading out", "a yellow circle moving up",
+           "a cyan square shrinking", "a magenta triangle fading in", "a red square moving right", "a blue circle growing"]
+
+
+def run(engine: Engine, jobs: list[tuple[str, GenerationRequest]]) -> dict:
+    results, queue = {}, list(jobs)
+    while queue or engine.has_work:
+        while queue and engine.free_slots > 0:
+            engine.admit(*queue.pop(0))
+        for event in engine.tick():
+            if isinstance(event, Finished):
+                results[event.job_id] = event.result
+    return results
+
+
+def jobs(n: int) -> list[tuple[str, GenerationRequest]]:
+    return [(f"job{i}", GenerationRequest(PROMPTS[i % len(PROMPTS)], seed=i)) for i in range(n)]
+
+
+def one_by_one(model, batch_jobs) -> tuple[float, Engine]:
+    engine = Engine(model, max_batch=1)
+    start = time.perf_counter()
+    for job in batch_jobs:
+        run(engine, [job])
+    return time.perf_counter() - start, engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--jobs", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    work = jobs(args.jobs)
+
+    model = load_model(args.model)
+    run(Engine(model, max_batch=1), jobs(1))  # warm-up: weights resident, caches hot
+    model.residency.stats.__init__()
+    seq_s, seq_engine = one_by_one(model, work)
+    batched = Engine(model, max_batch=args.jobs)
+    start = time.perf_counter()
+    run(batched, work)
+    batch_s = time.perf_counter() - start
+    overhead = 1 - seq_engine.stats.forward_seconds / seq_engine.stats.tick_seconds
+
+    expert_bytes = max(model.residency.nbytes(f"expert_{i}") for i in range(model.num_experts))
+    budget = int(expert_bytes * 1.5)  # room for one expert (plus the small encoders), never two
+    seq_model = load_model(args.model, budget_bytes=budget)
+    one_by_one(seq_model, work)
+    b_model = load_model(args.model, budget_bytes=budget)
+    b_results = run(Engine(b_model, max_batch=args.jobs), work)
+    seq_loads = seq_model.residency.stats.expert_loads() / args.jobs
+    b_loads = b_model.residency.stats.expert_loads() / args.jobs
+
+    print(json.dumps({
+        "model": model.name, "jobs": args.jobs, "threads": torch.get_num_threads(),
+        "throughput": {"one_by_one_jobs_per_min": round(60 * args.jobs / seq_s, 2),
+                       "batched_jobs_per_min": round(60 * args.jobs / batch_s, 2),
+                       "ratio": round(seq_s / batch_s, 2), "target_ratio": 3.0},
+        "expert_loads_one_expert_budget": {"budget_bytes": budget, "one_by_one_per_video": round(seq_loads, 3),
+                                           "batched_per_video": round(b_loads, 3),
+                                           "ratio": round(b_loads / seq_loads, 3) if seq_loads else None, "target_ratio": 0.25,
+                                           "batched_max_waited_ticks": max(r.residency["max_waited_ticks"] for r in b_results.values())},
+        "engine_overhead_batch1": {"share_of_tick": round(overhead, 4), "target": 0.15,
+                                   "tick_ms": round(1000 * seq_engine.stats.tick_seconds / seq_engine.stats.ticks, 2)},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
