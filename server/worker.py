@@ -143,10 +143,10 @@ class Worker:
             status, fence = states.get(job_id, (None, None))
             if status is None:
                 self._drop(job_id, "deleted")
+            elif fence != str(run.claim.fence) or run.lost:
+                self._drop(job_id, "fenced_out")  # another worker took the job over
             elif status != "in_progress":
                 self._drop(job_id, "cancelled")
-            elif fence != str(run.claim.fence) or run.lost:
-                self._drop(job_id, "fenced_out")
 
     # ---- results ---------------------------------------------------------------------------------
     def _finish_failed(self, claim: Claim, code: str, message: str) -> None:
