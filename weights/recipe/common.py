@@ -25,7 +25,8 @@ def log_event(event: str, **fields) -> None:
     log.info(json.dumps({"event": event, **fields}, default=lambda v: round(float(v), 6)))
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int = 50, floor: float = 0.1) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int | None = None, floor: float = 0.1) -> float:
+    warmup = min(50, max(1, total // 10)) if warmup is None else warmup
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)

@@ -31,14 +31,14 @@ def expert_config(text_dim: int, clip_dim: int, hidden: int = 96, heads: int = 4
     )
 
 
-def first_frame_cond(latents: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def first_frame_cond(ref: torch.Tensor, present: torch.Tensor, t: int) -> torch.Tensor:
     """Packed i2v condition: [mask | reference latent] on latent frame 0 for rows where `present`,
-    zeros elsewhere. latents (B, C, T, h, w) -> (B, N, (C + 1) * 4)."""
-    b, c, t, h, w = latents.shape
-    cond = torch.zeros(b, c + 1, t, h, w, dtype=latents.dtype)
+    zeros elsewhere. ref (B, C, 1, h, w) -> (B, t * h/2 * w/2, (C + 1) * 4)."""
+    b, c, _, h, w = ref.shape
+    cond = torch.zeros(b, c + 1, t, h, w, dtype=ref.dtype)
     cond[:, 0, 0] = 1.0
-    cond[:, 1:, 0] = latents[:, :, 0]
-    cond = cond * present.to(latents.dtype)[:, None, None, None, None]
+    cond[:, 1:, 0] = ref[:, :, 0]
+    cond = cond * present.to(ref.dtype)[:, None, None, None, None]
     return pack(cond, 2)
 
 
@@ -80,7 +80,7 @@ def train_expert(cache: LatentCache, cluster: int, config: MMDiTConfig, steps: i
         x0 = data.latents[idx]
         pidx = data.prompt_index[idx]
         pidx = torch.where(torch.rand(batch, generator=gen) < text_drop, torch.zeros_like(pidx), pidx)
-        cond = first_frame_cond(x0, torch.rand(batch, generator=gen) < cond_keep)
+        cond = first_frame_cond(data.ref_latents[idx], torch.rand(batch, generator=gen) < cond_keep, x0.shape[2])
         t = sample_t(batch, alpha, gen)
         noise = torch.randn(x0.shape, generator=gen)
         loss = flow_loss(model, x0, cache.t5[pidx], cache.clip[pidx], cond, t, noise)

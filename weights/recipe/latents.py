@@ -16,6 +16,7 @@ from .data import CLUSTERS, make_clips, to_model_space
 @dataclass
 class LatentCache:
     latents: torch.Tensor  # (N, 16, T, h, w), scaled
+    ref_latents: torch.Tensor  # (N, 16, 1, h, w), scaled: frame 0 encoded alone, as image-to-video does
     cluster: torch.Tensor  # (N,) int64
     prompt_index: torch.Tensor  # (N,) int64 into `prompts`
     image_feature: torch.Tensor  # (N, dino_dim) DINOv2 pooled feature of frame 0
@@ -25,7 +26,7 @@ class LatentCache:
 
     def subset(self, cluster: int) -> "LatentCache":
         keep = self.cluster == cluster
-        return LatentCache(self.latents[keep], self.cluster[keep], self.prompt_index[keep], self.image_feature[keep],
+        return LatentCache(self.latents[keep], self.ref_latents[keep], self.cluster[keep], self.prompt_index[keep], self.image_feature[keep],
                            self.prompts, self.t5, self.clip)
 
     def __len__(self) -> int:
@@ -43,13 +44,18 @@ def encode_clips(vae, clips: np.ndarray, batch: int = 64) -> torch.Tensor:
 
 @torch.no_grad()
 def build_cache(vae, encoders, per_cluster: int, seed: int, progress: bool = True, batch: int = 64) -> LatentCache:
-    latents, clusters, prompt_idx, features = [], [], [], []
+    from PIL import Image
+
+    from pipeline.encoders import vae_encode_frame
+
+    latents, refs, clusters, prompt_idx, features = [], [], [], [], []
     prompts = [""]
     lookup = {"": 0}
     for c, name in enumerate(CLUSTERS):
         clips, specs = make_clips(per_cluster, seed * 100 + c, cluster=name)
         for i in tqdm(range(0, per_cluster, batch), desc=f"cache {name}", disable=not progress, mininterval=2):
             latents.append(encode_clips(vae, clips[i : i + batch], batch))
+            refs.append(vae_encode_frame(vae, [Image.fromarray(f) for f in clips[i : i + batch, 0]]))
             features.append(encoders.image(clips[i : i + batch, 0]))
         for sp in specs:
             if sp.prompt not in lookup:
@@ -58,5 +64,5 @@ def build_cache(vae, encoders, per_cluster: int, seed: int, progress: bool = Tru
             prompt_idx.append(lookup[sp.prompt])
         clusters += [c] * per_cluster
     t5, clip = encoders.text(prompts)
-    return LatentCache(torch.cat(latents), torch.tensor(clusters), torch.tensor(prompt_idx), torch.cat(features),
+    return LatentCache(torch.cat(latents), torch.cat(refs), torch.tensor(clusters), torch.tensor(prompt_idx), torch.cat(features),
                        prompts, t5, clip)

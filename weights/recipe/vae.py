@@ -43,7 +43,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * np.log10(4.0 / max(mse, 1e-12))
 
 
-def train_vae(steps: int, batch: int, seed: int, lr: float = 2e-3, l2_weight: float = 1e-4, latent_noise: float = 0.1, progress: bool = True,
+def train_vae(steps: int, batch: int, seed: int, lr: float = 2e-3, l2_weight: float = 1e-4, latent_noise: float = 0.1,
+              consistency_weight: float = 0.1, progress: bool = True,
               **overrides) -> tuple[AutoencoderKLHunyuanVideo, dict]:
     vae = build_vae(seed, **overrides)
     vae.train()
@@ -56,16 +57,26 @@ def train_vae(steps: int, batch: int, seed: int, lr: float = 2e-3, l2_weight: fl
     for step in bar:
         x = to_model_space(make_clips(batch, rng_seed + step)[0])
         z = vae.encode(x).latent_dist.mode()
+        # Image-to-video encodes the first frame alone, but GroupNorm statistics span time, so
+        # the clip's latent frame 0 and the lone frame's latent differ unless trained to agree:
+        # the lone first frame is reconstructed too, and its latent pulled onto the clip's.
+        z1 = vae.encode(x[:, :, :1]).latent_dist.mode()
         # Deterministic autoencoder with a little latent noise (so the decoder tolerates the
         # imperfect latents a sampler produces) and a small L2 pull keeping latents near 0.
-        z_noisy = z + latent_noise * z.detach().std() * torch.randn_like(z)
-        rec = vae.decode(z_noisy).sample
-        err = rec - x
+        scale = z.detach().std()
+        rec = vae.decode(z + latent_noise * scale * torch.randn_like(z)).sample
+        rec1 = vae.decode(z1 + latent_noise * scale * torch.randn_like(z1)).sample
+        err, err1 = rec - x, rec1 - x[:, :, :1]
         # Frame 0 counts twice: image-to-video replays its latent exactly, so its quality shows.
         weights = torch.ones(x.shape[2])
         weights[0] = 2.0
         per_frame = (err.abs() + err.pow(2)).mean(dim=(0, 1, 3, 4))
-        loss = (per_frame * weights).sum() / weights.sum() + l2_weight * z.pow(2).mean()
+        loss = (
+            (per_frame * weights).sum() / weights.sum()
+            + (err1.abs() + err1.pow(2)).mean()
+            + consistency_weight * (z1 - z[:, :, :1]).pow(2).mean() / scale.pow(2)
+            + l2_weight * z.pow(2).mean()
+        )
         set_lr(opt, cosine_lr(step, steps, lr))
         opt.zero_grad(set_to_none=True)
         loss.backward()
