@@ -1,6 +1,5 @@
 """`paris generate` and `paris weights verify`."""
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -11,6 +11,21 @@ class GenerationFailed(RuntimeError):
     pass
 
 
+def run_jobs(engine: Engine, jobs: list[tuple[str, GenerationRequest]]) -> dict[str, GenerationResult]:
+    """Run jobs through one engine, admitting each as a slot frees (a steady stream), until
+    all finish. Raises on the first failure."""
+    results, queue = {}, list(jobs)
+    while queue or engine.has_work:
+        while queue and engine.free_slots > 0:
+            engine.admit(*queue.pop(0))
+        for event in engine.tick():
+            if isinstance(event, Finished):
+                results[event.job_id] = event.result
+            elif isinstance(event, Failed):
+                raise GenerationFailed(f"{event.job_id}: {event.message}")
+    return results
+
+
 def generate(model: DDMModel, request: GenerationRequest,
              on_progress: Callable[[int, int], None] | None = None) -> GenerationResult:
     engine = Engine(model, max_batch=1)

@@ -10,24 +10,14 @@ import time
 
 import torch
 
-from pipeline.engine import Engine, Finished
+from pipeline.engine import Engine
+from pipeline.generate import run_jobs as run
 from pipeline.loader import load_model
 from pipeline.request import GenerationRequest
 from weights import DEFAULT_MODEL
 
 PROMPTS = ["a red circle moving left", "a blue square growing", "a green triangle fading out", "a yellow circle moving up",
            "a cyan square shrinking", "a magenta triangle fading in", "a red square moving right", "a blue circle growing"]
-
-
-def run(engine: Engine, jobs: list[tuple[str, GenerationRequest]]) -> dict:
-    results, queue = {}, list(jobs)
-    while queue or engine.has_work:
-        while queue and engine.free_slots > 0:
-            engine.admit(*queue.pop(0))
-        for event in engine.tick():
-            if isinstance(event, Finished):
-                results[event.job_id] = event.result
-    return results
 
 
 def jobs(n: int) -> list[tuple[str, GenerationRequest]]:

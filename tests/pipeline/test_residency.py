@@ -1,10 +1,10 @@
 """Residency under a byte budget, expert-major scheduling, and its fairness bound (CPU)."""
 
 import numpy as np
-import torch
 from torch import nn
 
-from pipeline.engine import Engine, Finished
+from pipeline.engine import Engine
+from pipeline.generate import run_jobs as drive
 from pipeline.loader import load_model
 from pipeline.request import GenerationRequest
 from pipeline.residency import Residency
@@ -46,19 +46,6 @@ def one_expert_model(tiny_model_dir):
 
 def mixed(i, steps=4):
     return GenerationRequest(f"prompt {i}", seed=100 + i, routing="fixed", expert=i % 3, num_inference_steps=steps)
-
-
-def drive(engine, requests, arrivals_per_tick=None, max_ticks=500):
-    """Run to completion; with arrivals_per_tick, keep the engine full (a steady stream)."""
-    results, queue, tick = {}, list(requests), 0
-    while (queue or engine.has_work) and tick < max_ticks:
-        while queue and engine.free_slots > 0:
-            engine.admit(*queue.pop(0))
-        for event in engine.tick():
-            if isinstance(event, Finished):
-                results[event.job_id] = event.result
-        tick += 1
-    return results
 
 
 def test_budget_of_one_expert_batches_by_expert_with_fewer_loads(tiny_model_dir):

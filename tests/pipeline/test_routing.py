@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.engine import Engine
+from pipeline.generate import run_jobs
 from pipeline.request import GenerationRequest
 from pipeline.routing import ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
 
@@ -48,12 +49,7 @@ def test_trace_records_steps_and_shares():
 
 
 def run(model, request):
-    engine = Engine(model)
-    engine.admit("job", request)
-    finished = []
-    while engine.has_work:
-        finished += [e for e in engine.tick() if hasattr(e, "result")]
-    return finished[0].result
+    return run_jobs(Engine(model), [("job", request)])["job"]
 
 
 def count_router_calls(model):
