@@ -78,12 +78,20 @@ def _check_bind(settings: Settings) -> None:
                          "(or PARIS_API_KEYS), or --allow-unauthenticated-public to serve without keys")
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(0)
+
+
 def _run_api(settings: Settings, url: str) -> None:
     import uvicorn
 
     from .app import create_app
 
     app = create_app(settings, redis_url=url)
+    # uvicorn restores the previous handlers after shutdown and re-raises the signal; make that an
+    # exception so the caller's `finally` stops the embedded Valkey and the worker subprocess.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
                          "model": app.state.manifest.name, "auth": app.state.keys.enabled}))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
