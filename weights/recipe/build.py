@@ -7,7 +7,10 @@ progress bars on stderr, one JSON line per logged loss in <out>/build.log.
 
 import argparse
 import json
+import multiprocessing
 import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -18,17 +21,19 @@ from .common import Timer, log_event, save_module, setup_logging
 from .data import CLUSTERS, FPS, FRAMES, SIZE
 from .encoders import CLIP_DIM, DINO_DIM, TEXT_DIM, Encoders
 from .experts import expert_config, train_expert
-from .latents import build_cache
+from .latents import LatentCache, build_cache
 from .router import router_accuracy, router_config, train_router
 from .vae import train_vae
 
 PROFILES = {
     # the shipped model (about 40 minutes on 2 cores)
-    "full": dict(vae_steps=600, vae_batch=12, per_cluster=2000, expert_steps=1500, expert_batch=64,
+    "full": dict(vae_steps=700, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
                  router_steps=800, router_batch=64, expert_hidden=96),
     # the code path only, for tests
     "tiny": dict(vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3, expert_batch=4,
                  router_steps=3, router_batch=4, expert_hidden=32),
+}
+WORKERS = {"full": 2, "tiny": 1
 }
 
 SAMPLING = dict(num_inference_steps=20, guidance_scale=4.0, image_guidance_scale=2.0, guidance_oscillation=False,
@@ -58,9 +63,30 @@ def manifest_dict(max_length: int, sampling: dict | None = None) -> dict:
     }
 
 
-def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 2, progress: bool = True,
-          **overrides) -> dict:
+def _train_job(kind: str, index: int, name: str, cache_path: str, out: str, p: dict, seed: int, progress: bool):
+    """One expert or the router, in its own process: train, save, return (key, stats)."""
+    torch.set_num_threads(1)
+    setup_logging(Path(out) / f"build_{kind}_{index}.log" if progress is not None else None)
+    timer = Timer()
+    cache = LatentCache.load(Path(cache_path))
+    if kind == "expert":
+        cfg = expert_config(TEXT_DIM, CLIP_DIM, hidden=p["expert_hidden"])
+        model, stats = train_expert(cache, index, cfg, p["expert_steps"], p["expert_batch"], seed + 30 + index,
+                                    progress=progress, name=f"expert_{index}_{name}", position=index)
+        save_module(model, cfg, Path(out) / f"expert_{index}")
+        return f"expert_{index}", {**stats, "seconds": timer()}
+    rcfg = router_config(CLIP_DIM, DINO_DIM, num_experts=len(CLUSTERS))
+    model, stats = train_router(cache, rcfg, p["router_steps"], p["router_batch"], seed + 40, progress=progress,
+                                position=index)
+    save_module(model, rcfg, Path(out) / "router")
+    stats["train_cache_accuracy"] = {str(k): v for k, v in router_accuracy(model, cache).items()}
+    return "router", {**stats, "seconds": timer()}
+
+
+def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True,
+          workers: int | None = None, **overrides) -> dict:
     p = {**PROFILES[profile], **overrides}
+    workers = WORKERS[profile] if workers is None else workers
     torch.set_num_threads(threads)
     out = Path(out)
     if out.exists():
@@ -68,8 +94,8 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 2, pro
     out.mkdir(parents=True)
     setup_logging(out / "build.log")
     timer = Timer()
-    log_event("build_start", profile=profile, seed=seed, threads=threads, **p)
-    report = {"profile": profile, "seed": seed, "threads": threads, "params": p, "stages": {}}
+    log_event("build_start", profile=profile, seed=seed, threads=threads, workers=workers, **p)
+    report = {"profile": profile, "seed": seed, "threads": threads, "workers": workers, "params": p, "stages": {}}
 
     encoders = Encoders(seed)
     encoders.save(out)
@@ -84,18 +110,23 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 2, pro
                                  "latent_std": float(cache.latents.std()), "seconds": timer()}
     log_event("cache_done", **report["stages"]["cache"])
 
-    cfg = expert_config(TEXT_DIM, CLIP_DIM, hidden=p["expert_hidden"])
-    for i, name in enumerate(CLUSTERS):
-        expert, stats = train_expert(cache, i, cfg, p["expert_steps"], p["expert_batch"], seed + 30 + i,
-                                     progress=progress, name=f"expert_{i}_{name}")
-        save_module(expert, cfg, out / f"expert_{i}")
-        report["stages"][f"expert_{i}"] = {**stats, "seconds": timer()}
-
-    rcfg = router_config(CLIP_DIM, DINO_DIM, num_experts=len(CLUSTERS))
-    router, stats = train_router(cache, rcfg, p["router_steps"], p["router_batch"], seed + 40, progress=progress)
-    save_module(router, rcfg, out / "router")
-    stats["train_cache_accuracy"] = {str(k): v for k, v in router_accuracy(router, cache).items()}
-    report["stages"]["router"] = {**stats, "seconds": timer()}
+    # Experts and router are independent (the DDM point): train them side by side, one thread
+    # each, in fresh processes that read the latent cache from disk. Each job is seeded on its
+    # own, so the result does not depend on scheduling.
+    with tempfile.TemporaryDirectory(prefix="paris-mini-") as work:
+        cache_path = Path(work) / "cache.safetensors"
+        cache.save(cache_path)
+        jobs = [("expert", i, name) for i, name in enumerate(CLUSTERS)] + [("router", len(CLUSTERS), "router")]
+        args = [(kind, i, name, str(cache_path), str(out), p, seed, progress) for kind, i, name in jobs]
+        if workers <= 1:
+            results = [_train_job(*a) for a in args]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                results = list(pool.map(_train_job, *zip(*args)))
+    for key, stats in results:
+        report["stages"][key] = stats
+        log_event(f"{key}_saved", **{k: v for k, v in stats.items() if not isinstance(v, dict)})
 
     manifest = manifest_dict(encoders.max_length)
     Manifest.model_validate(manifest)
@@ -111,13 +142,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="weights/paris-mini")
     ap.add_argument("--profile", default="full", choices=sorted(PROFILES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process (VAE, cache)")
+    ap.add_argument("--workers", type=int, default=None, help="processes training experts/router side by side")
     ap.add_argument("--no-progress", action="store_true")
     for key, value in PROFILES["full"].items():
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     args = ap.parse_args(argv)
     overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
-    build(Path(args.out), args.profile, args.seed, args.threads, not args.no_progress, **overrides)
+    build(Path(args.out), args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
     return 0
 
 

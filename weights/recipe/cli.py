@@ -14,7 +14,7 @@ def register(sub) -> None:
     build.add_argument("--out", type=Path, default=Path("weights/paris-mini"))
     build.add_argument("--profile", default="full", choices=["full", "tiny"])
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--threads", type=int, default=2)
+    build.add_argument("--threads", type=int, default=1)
     build.set_defaults(run=_run_build)
 
 

@@ -61,7 +61,7 @@ def flow_loss(model, x0, txt, yvec, cond, t, noise):
 
 def train_expert(cache: LatentCache, cluster: int, config: MMDiTConfig, steps: int, batch: int, seed: int,
                  lr: float = 1e-3, text_drop: float = 0.1, cond_keep: float = 0.5, ema_decay: float = 0.995,
-                 progress: bool = True, name: str = "expert") -> tuple[MMDiT, dict]:
+                 progress: bool = True, name: str = "expert", position: int = 0) -> tuple[MMDiT, dict]:
     data = cache.subset(cluster)
     torch.manual_seed(seed)
     model = MMDiT(config)
@@ -74,7 +74,7 @@ def train_expert(cache: LatentCache, cluster: int, config: MMDiTConfig, steps: i
     _, _, tt, h, w = data.latents.shape
     alpha = resolution_shift((h // 2) * (w // 2), tt)
     history = []
-    bar = tqdm(range(steps), desc=name, disable=not progress, mininterval=2)
+    bar = tqdm(range(steps), desc=name, disable=not progress, mininterval=2, position=position)
     for step in bar:
         idx = torch.randint(0, len(data), (batch,), generator=gen)
         x0 = data.latents[idx]

@@ -4,10 +4,14 @@ Everything the expert and router stages read comes from here, so the VAE and the
 encoders run once per clip. The encodings are the inference pipeline's own functions.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .data import CLUSTERS, make_clips, to_model_space
@@ -31,6 +35,19 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    def save(self, path: Path) -> None:
+        tensors = {k: getattr(self, k).contiguous() for k in TENSORS}
+        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts)})
+
+    @classmethod
+    def load(cls, path: Path) -> "LatentCache":
+        with safe_open(str(path), "pt") as f:
+            prompts = json.loads(f.metadata()["prompts"])
+            return cls(**{k: f.get_tensor(k) for k in TENSORS}, prompts=prompts)
+
+
+TENSORS = ("latents", "ref_latents", "cluster", "prompt_index", "image_feature", "t5", "clip")
 
 
 @torch.no_grad()

@@ -28,14 +28,15 @@ def noisy(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tenso
 
 
 def train_router(cache: LatentCache, config: RouterConfig, steps: int, batch: int, seed: int, lr: float = 1e-3,
-                 text_drop: float = 0.05, image_keep: float = 0.5, progress: bool = True) -> tuple[DiTRouter, dict]:
+                 text_drop: float = 0.05, image_keep: float = 0.5, progress: bool = True,
+                 position: int = 0) -> tuple[DiTRouter, dict]:
     torch.manual_seed(seed)
     model = DiTRouter(config)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     history, correct = [], []
-    bar = tqdm(range(steps), desc="router", disable=not progress, mininterval=2)
+    bar = tqdm(range(steps), desc="router", disable=not progress, mininterval=2, position=position)
     for step in bar:
         idx = torch.randint(0, len(cache), (batch,), generator=gen)
         x0, label = cache.latents[idx], cache.cluster[idx]
