@@ -27,7 +27,8 @@ class ParisError(RuntimeError):
         self.error = error
         self.code = error.get("code")
         self.param = error.get("param")
-        super().__init__(f"{status} {error.get('code')}: {error.get('message')}")
+        where = f" ({self.param})" if self.param else ""
+        super().__init__(f"{status} {error.get('code')}{where}: {error.get('message')}")
 
 
 def _raise_for(resp: httpx.Response) -> None:

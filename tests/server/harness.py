@@ -141,3 +141,7 @@ class Stack:
             w.stop()
         if self.api:
             self.api.stop()
+        for proc in [self.api, *self.workers]:  # shown by pytest only when a test failed
+            if proc:
+                print(f"---- {proc.log.name} (tail) ----")
+                print("\n".join(proc.log.read_text(errors="replace").splitlines()[-25:]))
