@@ -1,4 +1,4 @@
-"""Job queue on raw Redis Streams: one hash per job, a stream entry carrying only the job id.
+r"""Job queue on raw Redis Streams: one hash per job, a stream entry carrying only the job id.
 
 State machine (every transition is one Lua script, so it is atomic):
 
@@ -343,7 +343,7 @@ class JobStore:
         pipe = self.r.pipeline()
         for j in job_ids:
             pipe.hmget(self.job_key(j), "status", "fence")
-        return {j: tuple(v) for j, v in zip(job_ids, pipe.execute())}
+        return {j: tuple(v) for j, v in zip(job_ids, pipe.execute(), strict=True)}
 
     def heartbeat(self, worker: str, info: dict) -> None:
         pipe = self.r.pipeline()

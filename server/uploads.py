@@ -45,6 +45,6 @@ def load_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "in
     except APIError:
         raise
     except Image.DecompressionBombError as exc:
-        raise APIError(400, f"'{param}' has too many pixels: {exc}", param=param, code="image_too_large")
+        raise APIError(400, f"'{param}' has too many pixels: {exc}", param=param, code="image_too_large") from None
     except Exception as exc:  # truncated or corrupt data
-        raise APIError(400, f"'{param}' could not be decoded: {exc}", param=param, code="invalid_image")
+        raise APIError(400, f"'{param}' could not be decoded: {exc}", param=param, code="invalid_image") from None

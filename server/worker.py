@@ -91,6 +91,11 @@ class Worker:
     # ---- claiming --------------------------------------------------------------------------------
     def _take(self, entries: list[tuple[str, str]], how: str) -> None:
         for entry_id, job_id in entries:
+            with self.lock:
+                mine = job_id in self.running
+            if mine:  # our own entry went idle (a slow step starved the keeper): XAUTOCLAIM renewed it
+                _event("lease_renewed_late", job=job_id, worker=self.id)
+                continue
             claim = self.store.claim(entry_id, job_id, self.id, ttl_s=self.s.job_ttl_s, max_attempts=self.s.max_attempts)
             if claim is None:
                 _event("claim_skipped", job=job_id, worker=self.id, how=how)

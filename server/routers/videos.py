@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
+import re
 import time
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -21,7 +21,7 @@ from pipeline.request import GenerationRequest, resolve
 from ..artifacts import VARIANTS
 from ..auth import require_owner
 from ..errors import APIError, not_found
-from ..queue import new_job_id
+from ..queue import JOB_ID_RE, new_job_id
 from ..schemas import CreateVideo, Video, VideoDeleted, VideoError, VideoList
 from ..uploads import load_image
 
@@ -70,8 +70,6 @@ def _owned_job(request: Request, video_id: str, owner: str) -> dict:
 
 
 def _valid_id(video_id: str) -> bool:
-    import re
-    from ..queue import JOB_ID_RE
     return re.match(JOB_ID_RE, video_id) is not None
 
 

@@ -53,7 +53,7 @@ def test_kill9_worker_mid_job_other_worker_completes_once(stack, tmp_path):
     a = stack.start_worker("a", wait=False)
     b = stack.start_worker("b", wait=False)
     for w in (a, b):
-        wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()), 90, 0.1, "worker start")
+        wait_until(lambda w=w: any(e["event"] == "worker_started" for e in w.events()), 90, 0.1, "worker start")
     job_id = create(stack)
     victim_name = running_at(stack, job_id, 2)["worker"]
     victim = by_name(stack, victim_name)

@@ -27,7 +27,7 @@ def test_embedded_valkey_restart_keeps_queued_jobs(make_stack):
 
     s.start_worker("w")  # no --redis-url: finds the embedded Valkey through the data dir
     for job_id in ids:
-        done = wait_until(lambda: (lambda v: v if v["status"] == "completed" else None)(
+        done = wait_until(lambda job_id=job_id: (lambda v: v if v["status"] == "completed" else None)(
             httpx.get(f"{s.url}/v1/videos/{job_id}").json()), 60, 0.1, "completion after restart")
         assert done["progress"] == 100
 
