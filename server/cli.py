@@ -46,9 +46,16 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    from pipeline.manifest import read_manifest
+
     fields = set(Settings.model_fields)
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    try:
+        read_manifest(settings.model)
+    except Exception as exc:  # say what is wrong before starting anything
+        raise SystemExit(f"paris {args.command}: cannot serve model folder {settings.model!r}: {exc}") from None
+    return settings
 
 
 def _setup_logging(level: str) -> None:

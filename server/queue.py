@@ -129,6 +129,15 @@ redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
 """
 
+# KEYS: job, stream ; ARGV: fence, group, consumer, entry, idle_ms
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
+  return 0
+end
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
+return 1
+"""
+
 # KEYS: job, stream, owner_active, expiry ; ARGV: id, fence, status, now, ttl, group, field, value, ...
 SETTLE = _FINISH + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
@@ -177,6 +186,7 @@ class JobStore:
         self._claim = client.register_script(CLAIM)
         self._progress = client.register_script(PROGRESS)
         self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
         self._settle = client.register_script(SETTLE)
         self._cancel = client.register_script(CANCEL)
 
@@ -324,6 +334,11 @@ class JobStore:
         return bool(self._renew(keys=[self.job_key(c.job_id), self.stream],
                                 args=[c.fence, GROUP, consumer, c.entry_id]))
 
+    def release(self, c: Claim, consumer: str, lease_ms: int) -> bool:
+        """Graceful shutdown: mark our entry idle past the lease so another worker takes it now."""
+        return bool(self._release(keys=[self.job_key(c.job_id), self.stream],
+                                  args=[c.fence, GROUP, consumer, c.entry_id, lease_ms * 10]))
+
     def settle(self, c: Claim, status: str, ttl_s: int, **fields) -> bool:
         job = self.get(c.job_id)
         if not job:
@@ -348,6 +363,7 @@ class JobStore:
     def heartbeat(self, worker: str, info: dict) -> None:
         pipe = self.r.pipeline()
         pipe.zadd(self.workers, {worker: time.time()})
+        pipe.zremrangebyscore(self.workers, "-inf", time.time() - 86400)  # forget workers gone for a day
         pipe.set(f"{self.p}:worker:{worker}", json.dumps(info), ex=60)
         pipe.execute()
 

@@ -247,6 +247,15 @@ class Worker:
                 _event("worker_loop_error", worker=self.id, error=repr(exc))
                 time.sleep(0.5)
         self.stop.set()
+        with self.lock:
+            leftovers = list(self.running.values())
+            self.running.clear()
+        for run in leftovers:  # hand unfinished jobs to the other workers at once (no lease wait)
+            try:
+                released = self.store.release(run.claim, self.id, self.s.lease_ms)
+                _event("job_released", job=run.claim.job_id, worker=self.id, step=run.step, ok=released)
+            except Exception as exc:
+                _event("release_failed", job=run.claim.job_id, worker=self.id, error=repr(exc))
         _event("worker_stopped", worker=self.id)
 
 

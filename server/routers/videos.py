@@ -94,16 +94,40 @@ def _decode_data_url(url: str) -> bytes:
                        code="invalid_image") from None
 
 
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(413, f"Request body is {size} bytes or more; the upload limit is {limit} bytes.",
+                    param="input_reference", code="file_too_large")
+
+
+def _limited(request: Request, limit: int, upload_limit: int) -> Request:
+    """The same request with a body that stops at `limit` bytes (chunked uploads have no length)."""
+    seen = 0
+
+    async def receive():
+        nonlocal seen
+        message = await request.receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(seen, upload_limit)
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def _read_body(request: Request, settings) -> tuple[dict, bytes | None]:
     ctype = request.headers.get("content-type", "").lower()
     length = _int(request.headers.get("content-length"))
-    if length is not None and length > settings.max_upload_bytes + FORM_FIELD_LIMIT:
-        raise APIError(413, f"Request body is {length} bytes; the upload limit is {settings.max_upload_bytes} bytes.",
-                       param="input_reference", code="file_too_large")
+    limit = settings.max_upload_bytes + FORM_FIELD_LIMIT
+    if length is not None and length > limit:
+        raise _too_large(length, settings.max_upload_bytes)
+    request = _limited(request, limit, settings.max_upload_bytes)
     image: bytes | None = None
     if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=2, max_fields=64, max_part_size=FORM_FIELD_LIMIT)
+        except APIError:
+            raise
         except Exception as exc:
             raise APIError(400, f"Could not parse the form body: {exc}", code="invalid_body") from None
         fields: dict = {}
@@ -120,6 +144,7 @@ async def _read_body(request: Request, settings) -> tuple[dict, bytes | None]:
                                    param="input_reference", code="unsupported")
             elif value != "" or key == "prompt":
                 fields[key] = value
+        await form.close()
         return fields, image
     if ctype.startswith("application/json") or not ctype:
         try:

@@ -119,3 +119,16 @@ def test_job_fails_after_max_attempts(stack):
     assert job["status"] == "failed" and job["error_code"] == "max_attempts_exceeded", job
     v = httpx.get(f"{stack.url}/v1/videos/{job_id}").json()
     assert v["error"]["code"] == "max_attempts_exceeded" and "2 times" in v["error"]["message"]
+
+
+def test_sigterm_hands_the_running_job_over_at_once(stack):
+    stack.start_worker("e")
+    job_id = create(stack, steps=16)
+    victim = by_name(stack, running_at(stack, job_id, 2)["worker"])
+    victim.signal(signal.SIGTERM)
+    victim.p.wait(15)
+    released = [e for e in victim.events() if e["event"] == "job_released" and e["job"] == job_id]
+    assert released and released[0]["ok"] is True
+    job = completed(stack, job_id)
+    assert job["status"] == "completed" and job["fence"] == "2"
+    assert result_dirs(stack, job_id) == ["r2"]

@@ -161,3 +161,40 @@ def test_unauthenticated_public_bind_is_refused(tmp_path, tiny_model):
                         "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert p.returncode != 0 and "--api-key" in p.stderr
+
+
+def test_chunked_oversize_upload_is_413_without_reading_it_all(stack):
+    def body():
+        yield (b'--bnd\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na\r\n--bnd\r\n'
+               b'Content-Disposition: form-data; name="input_reference"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n")
+        for _ in range(40):  # 2.6 MB, no Content-Length (chunked)
+            yield b"0" * 65536
+        yield b"\r\n--bnd--\r\n"
+
+    before = job_count(stack)
+    try:
+        r = httpx.post(stack.url + "/v1/videos", content=body(),
+                       headers={**A, "Content-Type": "multipart/form-data; boundary=bnd"}, timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+    except httpx.WriteError:
+        pass  # the server answered and closed before the client finished sending
+    assert job_count(stack) == before
+    assert httpx.get(stack.url + "/health").status_code == 200
+
+
+def test_json_body_with_data_url_image(stack):
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    r = httpx.post(stack.url + "/v1/videos", headers=A,
+                   json={"prompt": "a red circle", "input_reference": {"image_url": url}, "seed": 11,
+                         "num_frames": 9, "size": "32x32", "expert_schedule": [0, 1, 2, 0]})
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["image_to_video"] is True and v["seed"] == 11 and v["status"] == "queued"
+    r = httpx.post(stack.url + "/v1/videos", headers=A,
+                   json={"prompt": "a", "input_reference": {"image_url": "https://example.com/a.png"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_reference"
+    httpx.delete(f"{stack.url}/v1/videos/{v['id']}", headers=A)
+    assert httpx.get(stack.url + "/v1/models/tiny-random", headers=A).json()["id"] == "tiny-random"
