@@ -37,3 +37,30 @@ def test_embedded_valkey_restart_keeps_queued_jobs(make_stack):
     wait_until(lambda: httpx.get(f"{s.url}/v1/videos/{ids[-1]}").status_code == 404, 15, 0.2, "expiry")
     wait_until(lambda: not (s.artifacts / ids[0]).exists() and not (s.artifacts / ids[-1]).exists(), 10, 0.2,
                "expired files removed by the sweeper")
+
+
+def test_crashes_keep_queued_jobs(make_stack):
+    """kill -9 of the API (Valkey is adopted on restart), then kill -9 of Valkey itself (AOF
+    with fsync always replays): the queued jobs are still there, in order."""
+    import os
+    import signal
+
+    s = make_stack(embedded=True)
+    s.start_api()
+    ids = [httpx.post(s.url + "/v1/videos", data={"prompt": f"a blue square {i}"}).json()["id"] for i in range(3)]
+    valkey_pid = int(s.redis().info("server")["process_id"])
+
+    s.api.signal(signal.SIGKILL)  # the API dies; its Valkey child is orphaned but keeps running
+    s.api.p.wait(5)
+    s.start_api()
+    assert "valkey_adopted" in s.api.log.read_text()
+    assert int(s.redis().info("server")["process_id"]) == valkey_pid
+
+    os.kill(valkey_pid, signal.SIGKILL)  # now Valkey crashes
+    s.api.stop()
+    s.start_api()
+    assert int(s.redis().info("server")["process_id"]) != valkey_pid
+    for pos, job_id in enumerate(ids, 1):
+        v = httpx.get(f"{s.url}/v1/videos/{job_id}").json()
+        assert v["status"] == "queued" and v["queue_position"] == pos, v
+    s.api.stop()
