@@ -26,23 +26,24 @@ def sdk(stack):
 
 
 def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
-    video = sdk.videos.create_and_poll(prompt="a red circle moving left", size="32x32",
-                                       extra_body={"num_frames": 9, "seed": 7}, poll_interval_ms=100)
+    # a non-default size and frame count, so the file proves the request was honoured
+    video = sdk.videos.create_and_poll(prompt="a red circle moving left", size="64x32",
+                                       extra_body={"num_frames": 5, "seed": 7}, poll_interval_ms=100)
     assert video.status == "completed", video
     assert video.progress == 100
     extra = video.model_extra
-    assert extra["seed"] == 7 and extra["num_frames"] == 9
+    assert extra["seed"] == 7 and extra["num_frames"] == 5 and video.size == "64x32"
     assert set(extra["routing"]["expert_share"]) == {"0", "1", "2"}
     assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3
     content = sdk.videos.download_content(video.id)
     path = tmp_path / "out.mp4"
     content.write_to_file(path)
     frames, _fps = read_mp4(path)
-    assert frames.shape == (9, 32, 32, 3)
+    assert frames.shape == (5, 32, 64, 3)  # (frames, height, width, rgb)
 
     # thumbnail and spritesheet variants, and the full per-step routing trace
     thumb = sdk.videos.download_content(video.id, variant="thumbnail")
-    assert Image.open(io.BytesIO(thumb.read())).size == (32, 32)
+    assert Image.open(io.BytesIO(thumb.read())).size == (64, 32)
     sheet = sdk.videos.download_content(video.id, variant="spritesheet")
     Image.open(io.BytesIO(sheet.read())).verify()
     trace = httpx.get(f"{stack.url}/v1/videos/{video.id}/trace").json()
