@@ -64,6 +64,13 @@ def install_handlers(app: FastAPI) -> None:
             message = f"Unknown route {request.method} {request.url.path}."
         return error_response(exc.status_code, message, None, code, getattr(exc, "headers", None))
 
+    import redis
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError):
+        return error_response(503, "The job store (Redis) is unavailable; try again shortly.", None,
+                              "redis_unavailable", {"Retry-After": "2"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         import logging

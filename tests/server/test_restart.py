@@ -44,6 +44,7 @@ def test_crashes_keep_queued_jobs(make_stack):
     with fsync always replays): the queued jobs are still there, in order."""
     import os
     import signal
+    import time
 
     s = make_stack(embedded=True)
     s.start_api()
@@ -57,6 +58,12 @@ def test_crashes_keep_queued_jobs(make_stack):
     assert int(s.redis().info("server")["process_id"]) == valkey_pid
 
     os.kill(valkey_pid, signal.SIGKILL)  # now Valkey crashes
+    time.sleep(0.3)
+    assert httpx.get(s.url + "/health").status_code == 200  # alive, but not ready
+    r = httpx.get(s.url + "/ready")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "redis_unavailable"
+    r = httpx.get(s.url + "/v1/videos")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "redis_unavailable"
     s.api.stop()
     s.start_api()
     assert int(s.redis().info("server")["process_id"]) != valkey_pid
