@@ -171,16 +171,24 @@ class Worker:
         write_spritesheet(result.frames, self.artifacts.variant_path(c.job_id, c.fence, "spritesheet"))
         trace = getattr(result, "trace", None)
         steps = _jsonable(getattr(trace, "steps", []) or [])
-        share = {}
+        # expert_share: fraction of denoising steps in which each expert ran (sums to top_k);
+        # weight_share: share of the routing weight each expert carried (sums to 1)
+        chosen = [0] * self.num_experts
+        for s in steps:
+            for e in (s.get("experts") or []) if isinstance(s, dict) else []:
+                if 0 <= int(e) < self.num_experts:
+                    chosen[int(e)] += 1
+        share = {str(i): round(n / max(1, len(steps)), 4) for i, n in enumerate(chosen)}
+        weight_share = {}
         if trace is not None:
             try:
                 raw = trace.expert_share(self.num_experts)
                 items = raw.items() if isinstance(raw, dict) else enumerate(raw)
-                share = {str(k): round(float(v), 4) for k, v in items}
+                weight_share = {str(k): round(float(v), 4) for k, v in items}
             except Exception as exc:
                 _event("trace_summary_failed", job=c.job_id, error=repr(exc))
-        routing = {"policy": run.routing, "top_k": run.top_k, "expert_share": share, "steps": len(steps),
-                   "trace_url": f"/v1/videos/{c.job_id}/trace"}
+        routing = {"policy": run.routing, "top_k": run.top_k, "expert_share": share, "weight_share": weight_share,
+                   "steps": len(steps), "trace_url": f"/v1/videos/{c.job_id}/trace"}
         ok = self.store.settle(c, "completed", self.s.job_ttl_s, progress=100, step=run.total,
                                artifact_fence=c.fence, seed=int(result.seed), routing=routing, trace=steps)
         if not ok:  # fenced out, cancelled or deleted meanwhile: our files are not the result

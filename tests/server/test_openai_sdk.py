@@ -34,7 +34,8 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     extra = video.model_extra
     assert extra["seed"] == 7 and extra["num_frames"] == 5 and video.size == "64x32"
     assert set(extra["routing"]["expert_share"]) == {"0", "1", "2"}
-    assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3
+    assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3  # top_k=1: one expert per step
+    assert abs(sum(extra["routing"]["weight_share"].values()) - 1.0) < 1e-3
     content = sdk.videos.download_content(video.id)
     path = tmp_path / "out.mp4"
     content.write_to_file(path)
