@@ -27,7 +27,7 @@ from .vae import train_vae
 
 PROFILES = {
     # the shipped model (about 40 minutes on 2 cores)
-    "full": dict(vae_steps=700, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
+    "full": dict(vae_steps=1200, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
                  router_steps=800, router_batch=64, expert_hidden=96),
     # the code path only, for tests
     "tiny": dict(vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3, expert_batch=4,
