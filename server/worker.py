@@ -145,13 +145,19 @@ class Worker:
             return
         states = self.store.state([j for j, _ in items])
         for job_id, run in items:
-            status, fence = states.get(job_id, (None, None))
-            if status is None:
-                self._drop(job_id, "deleted")
-            elif fence != str(run.claim.fence) or run.lost:
-                self._drop(job_id, "fenced_out")  # another worker took the job over
-            elif status != "in_progress":
-                self._drop(job_id, "cancelled")
+            reason = self._stop_reason(run, *states.get(job_id, (None, None)))
+            if reason:
+                self._drop(job_id, reason)
+
+    @staticmethod
+    def _stop_reason(run: Running, status: str | None, fence: str | None) -> str | None:
+        if status is None:
+            return "deleted"
+        if fence != str(run.claim.fence):
+            return "fenced_out"  # another worker took the job over
+        if status != "in_progress":
+            return "cancelled"
+        return "fenced_out" if run.lost else None
 
     # ---- results ---------------------------------------------------------------------------------
     def _finish_failed(self, claim: Claim, code: str, message: str) -> None:
@@ -214,7 +220,8 @@ class Worker:
             run.step, run.total = ev.step, ev.total
             pct = min(99, int(99 * ev.step / max(1, ev.total)))
             if not self.store.progress(run.claim, progress=pct, step=ev.step, total_steps=ev.total):
-                self._drop(ev.job_id, "fenced_out")
+                status, fence = self.store.state([ev.job_id])[ev.job_id]
+                self._drop(ev.job_id, self._stop_reason(run, status, fence) or "fenced_out")
         elif isinstance(ev, Finished):
             with self.lock:
                 self.running.pop(ev.job_id, None)
