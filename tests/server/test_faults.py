@@ -12,7 +12,7 @@ from pipeline.video import read_mp4
 
 from .harness import wait_until
 
-LEASE_MS = 1500
+LEASE_MS = 2500
 
 
 def create(stack, steps=14):
