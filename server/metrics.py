@@ -53,6 +53,17 @@ class RedisCollector:
             if k.startswith("expert_steps_total|"):
                 e.add_metric([k.split("|", 1)[1]], v)
         yield e
+        loads = CounterMetricFamily("paris_component_loads", "Weights brought to the device, by component "
+                                    "(lazy first loads and reloads after eviction)", labels=["component"])
+        for k, v in values.items():
+            if k.startswith("component_loads_total|"):
+                loads.add_metric([k.split("|", 1)[1]], v)
+        yield loads
+        for name, doc in (("bytes_to_device", "Weight bytes moved onto the compute device"),
+                          ("bytes_from_disk", "Weight bytes read from safetensors files")):
+            counter = CounterMetricFamily(f"paris_{name}", doc)
+            counter.add_metric([], values.get(f"{name}_total|", 0.0))
+            yield counter
         yield self._histogram("paris_step_seconds", "Duration of one engine tick (one denoising step of every "
                               "active request)", values, STEP_BUCKETS)
         yield self._histogram("paris_job_seconds", "Job duration from start to stored MP4", values, JOB_BUCKETS)

@@ -69,6 +69,8 @@ class Video(BaseModel):
     image_to_video: bool = False
     routing: dict | None = Field(default=None, description="routing policy and share of steps per expert; "
                                                            "full per-step trace at /v1/videos/{id}/trace")
+    residency: dict | None = Field(default=None, description="expert loads and weight bytes moved to the device while "
+                                                             "this job ran, and the most ticks it waited for its expert")
 
 
 class VideoList(BaseModel):

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     device: str = "cpu"
     max_batch: int = 8
+    device_memory: str | None = None            # weights budget: "40GiB" or a fraction of free memory ("0.8"); None: no limit
+    max_wait: int = 8                           # fairness bound input: see pipeline/engine.py (Scheduling)
     tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
 
     @field_validator("api_keys", "api_key_hashes", mode="before")
@@ -49,6 +51,15 @@ class Settings(BaseSettings):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("device_memory")
+    @classmethod
+    def _device_memory(cls, v):
+        from pipeline.residency import parse_budget
+
+        if v is not None:
+            parse_budget(v, "cpu")  # a malformed value is a clear error at startup
         return v
 
     def resolved_artifact_dir(self) -> Path:

@@ -70,6 +70,7 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self._moved_seen: dict[str, float] = {}  # residency counters already added to the metrics
 
     # ---- side thread: leases + heartbeat ---------------------------------------------------------
     def _keeper(self) -> None:
@@ -196,7 +197,8 @@ class Worker:
         routing = {"policy": run.routing, "top_k": run.top_k, "expert_share": share, "weight_share": weight_share,
                    "steps": len(steps), "trace_url": f"/v1/videos/{c.job_id}/trace"}
         ok = self.store.settle(c, "completed", self.s.job_ttl_s, progress=100, step=run.total,
-                               artifact_fence=c.fence, seed=int(result.seed), routing=routing, trace=steps)
+                               artifact_fence=c.fence, seed=int(result.seed), routing=routing, trace=steps,
+                               residency=result.residency)
         if not ok:  # fenced out, cancelled or deleted meanwhile: our files are not the result
             self.artifacts.remove_attempt(c.job_id, c.fence)
             if self.store.get(c.job_id) is None:
@@ -234,6 +236,19 @@ class Worker:
         elif isinstance(ev, Failed):
             self._finish_failed(run.claim, "generation_failed", ev.message)
 
+    def _count_weight_moves(self) -> None:
+        """Add this worker's new component loads and bytes moved to the shared metrics."""
+        stats = self.engine.model.residency.stats
+        now = {f"component_loads_total|{k}": v for k, v in stats.device_loads.items()}
+        now["bytes_to_device_total|"] = stats.bytes_to_device
+        now["bytes_from_disk_total|"] = stats.bytes_from_disk
+        for key, value in now.items():
+            delta = value - self._moved_seen.get(key, 0)
+            if delta:
+                name, label = key.split("|", 1)
+                self.store.count(name, label, delta)
+                self._moved_seen[key] = value
+
     # ---- main loop -------------------------------------------------------------------------------
     def run(self) -> None:
         self.store.ensure_group()
@@ -254,6 +269,7 @@ class Worker:
                     t0 = time.time()
                     events = self.engine.tick()
                     self.store.observe("paris_step_seconds", time.time() - t0, STEP_BUCKETS)
+                    self._count_weight_moves()
                     for ev in events:
                         self._handle(ev)
                     if self.s.tick_delay_s:
@@ -278,11 +294,13 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     from pipeline.engine import Engine
     from pipeline.loader import load_model
     from pipeline.manifest import read_manifest
+    from pipeline.residency import parse_budget
 
     manifest = read_manifest(settings.model)
     t0 = time.time()
-    model = load_model(settings.model, device=settings.device)
-    engine = Engine(model, max_batch=settings.max_batch)
+    model = load_model(settings.model, device=settings.device,
+                       budget_bytes=parse_budget(settings.device_memory, settings.device))
+    engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait)
     _event("model_loaded", model=manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, ArtifactStore(settings.resolved_artifact_dir()), engine,

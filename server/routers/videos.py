@@ -52,7 +52,8 @@ def video_object(job: dict, store) -> Video:
         fps=_int(job.get("fps")), num_inference_steps=_int(job.get("num_inference_steps")),
         step=_int(job.get("step")), attempts=_int(job.get("attempts"), 0),
         queue_position=store.queue_position(job["id"]) if status == "queued" else None,
-        image_to_video=job.get("has_image") == "1", routing=routing)
+        image_to_video=job.get("has_image") == "1", routing=routing,
+        residency=json.loads(job["residency"]) if job.get("residency") else None)
 
 
 def _owned_job(request: Request, video_id: str, owner: str) -> dict:

@@ -1,6 +1,7 @@
 """Residency under a byte budget, expert-major scheduling, and its fairness bound (CPU)."""
 
 import numpy as np
+import torch
 from torch import nn
 
 from pipeline.engine import Engine
@@ -93,3 +94,18 @@ def test_repeated_prompts_are_encoded_once(tiny_model):
     finally:
         handle.remove()
     assert len(calls) == 1  # one batched T5 call for the three, the cache for the fourth
+
+
+def test_device_memory_budget_parsing():
+    import pytest
+
+    from pipeline.residency import free_memory, parse_budget
+
+    assert parse_budget(None, "cpu") is None
+    assert parse_budget("40GiB", "cpu") == 40 * 2**30
+    assert parse_budget("500MB", "cpu") == 500 * 10**6
+    assert parse_budget("123456", "cpu") == 123456
+    half = parse_budget("0.5", "cpu")
+    assert 0 < half <= free_memory(torch.device("cpu"))
+    with pytest.raises(ValueError, match="device memory"):
+        parse_budget("lots", "cpu")

@@ -36,6 +36,8 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     assert set(extra["routing"]["expert_share"]) == {"0", "1", "2"}
     assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3  # top_k=1: one expert per step
     assert abs(sum(extra["routing"]["weight_share"].values()) - 1.0) < 1e-3
+    moved = extra["residency"]  # weight movement while the job ran (lazy loads happen on the first job)
+    assert moved["expert_loads_while_running"] >= 0 and moved["max_waited_ticks"] == 0
     content = sdk.videos.download_content(video.id)
     path = tmp_path / "out.mp4"
     content.write_to_file(path)
@@ -103,5 +105,8 @@ def test_metrics_and_ready(stack):
     assert r.status_code == 200 and r.json()["workers"] >= 1
     text = httpx.get(stack.url + "/metrics").text
     for name in ("paris_queue_depth", "paris_jobs{", "paris_step_seconds_bucket", "paris_job_seconds_count",
-                 "paris_expert_steps_total", "paris_jobs_finished_total"):
+                 "paris_expert_steps_total", "paris_jobs_finished_total", 'paris_component_loads_total{component="t5"}',
+                 "paris_bytes_to_device_total", "paris_bytes_from_disk_total"):
         assert name in text, name
+    moved = [line for line in text.splitlines() if line.startswith("paris_bytes_to_device_total ")]
+    assert float(moved[0].split()[1]) > 0
