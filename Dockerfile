@@ -3,8 +3,11 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-# CPU torch first (the CUDA wheel is the same command with the CUDA index), then the project.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# torch first, pinned: from PyPI this is the CUDA build (what a GPU machine serving paris-2 wants).
+# For a smaller CPU-only image, point pip at a CPU wheel, e.g. --build-arg TORCH="torch==2.13.0+cpu"
+# together with PIP_FIND_LINKS/PIP_EXTRA_INDEX_URL naming where that wheel lives.
+ARG TORCH="torch==2.13.0"
+RUN pip install "$TORCH"
 COPY . /app
 RUN pip install .
 
