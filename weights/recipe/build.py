@@ -36,7 +36,7 @@ PROFILES = {
 WORKERS = {"full": 2, "tiny": 1
 }
 
-SAMPLING = dict(num_inference_steps=20, guidance_scale=4.0, image_guidance_scale=2.0, guidance_oscillation=False,
+SAMPLING = dict(num_inference_steps=20, guidance_scale=2.5, image_guidance_scale=2.0, guidance_oscillation=False,
                 fps=FPS, num_frames=FRAMES, size=f"{SIZE}x{SIZE}", top_k=1, negative_prompt="",
                 prompt_template="{prompt}")
 
