@@ -12,11 +12,11 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(),
 
 # Prompts (and seeds) the shipped model gets right in `paris eval`, one per cluster plus i2v.
 T2V_CASES = [
-    ("a red circle moving right", 0),
-    ("A BLUE square growing", 0),
-    ("a yellow triangle fading out", 0),
+    ("a red circle moving left", 0),
+    ("A BLUE circle Growing", 0),
+    ("a cyan triangle fading out", 0),
 ]
-I2V_CASE = ("a green circle moving down", 0)
+I2V_CASE = ("a red circle fading in", 0)
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +85,4 @@ def test_generation_is_deterministic_by_seed(model):
 
 def test_build_report_is_shipped():
     report = json.loads((DEFAULT_MODEL / "build_report.json").read_text())
-    assert report["profile"] == "full" and set(report["stages"]) >= {"vae", "expert_0", "expert_1", "expert_2", "router"}
+    assert report["profile"] == "full" and set(report["stages"]) >= {"vae", "cache", "expert_0", "expert_1", "expert_2", "router", "vae_decoder"}

@@ -28,7 +28,7 @@ from .vae import refine_decoder, train_vae
 PROFILES = {
     # the shipped model (about 40 minutes on 2 cores)
     "full": dict(vae_steps=1200, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
-                 router_steps=800, router_batch=64, expert_hidden=96, decoder_steps=1500, decoder_batch=8),
+                 router_steps=800, router_batch=64, expert_hidden=96, decoder_steps=600, decoder_batch=8),
     # the code path only, for tests
     "tiny": dict(vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3, expert_batch=4,
                  router_steps=3, router_batch=4, expert_hidden=32, decoder_steps=2, decoder_batch=2),
@@ -90,7 +90,7 @@ def _refine_decoder(vae, out: Path, p: dict, seed: int, threads: int, progress: 
     return {**stats, "seconds": timer()}
 
 
-def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads: int = 2, progress: bool = True) -> dict:
+def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True) -> dict:
     """Re-run only the last stage on a built folder (same inputs as in `build`, so same result)."""
     from diffusers import AutoencoderKLHunyuanVideo
 
@@ -153,9 +153,9 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
         report["stages"][key] = stats
         log_event(f"{key}_saved", **{k: v for k, v in stats.items() if not isinstance(v, dict)})
 
-    # Last, with the cores free again: refine the VAE decoder on the frozen encoder's latents.
+    # Last (one thread, like every other training job): refine the VAE decoder on the frozen encoder's latents.
     # Latents, experts and router are unaffected; decoded clips (and i2v frame 0) get sharper.
-    report["stages"]["vae_decoder"] = _refine_decoder(vae, out, p, seed, workers, progress, timer)
+    report["stages"]["vae_decoder"] = _refine_decoder(vae, out, p, seed, 1, progress, timer)
 
     manifest = manifest_dict(encoders.max_length)
     Manifest.model_validate(manifest)
@@ -180,8 +180,7 @@ def main(argv=None) -> int:
                     help="re-run only the final VAE-decoder refinement on an already built --out folder")
     args = ap.parse_args(argv)
     if args.only_decoder:
-        refine_decoder_only(Path(args.out), args.profile, args.seed, args.workers or WORKERS[args.profile],
-                            not args.no_progress)
+        refine_decoder_only(Path(args.out), args.profile, args.seed, 1, not args.no_progress)
         return 0
     overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
     build(Path(args.out), args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
