@@ -10,10 +10,11 @@ from weights import DEFAULT_MODEL
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(),
                                 reason="weights/paris-mini not built (run `make paris-mini`)")
 
-# Prompts (and seeds) the shipped model gets right in `paris eval`, one per cluster plus i2v.
+# Prompts (and seeds) the shipped model got right for both seeds in `paris eval`, one per cluster
+# plus i2v. i2v frame-0 PSNR reaches 25 dB only for some prompts (see README, paris-mini).
 T2V_CASES = [
     ("a red circle moving left", 0),
-    ("A BLUE circle Growing", 0),
+    ("A Cyan CIRCLE shrinking", 0),
     ("a cyan triangle fading out", 0),
 ]
 I2V_CASE = ("a red circle fading in", 0)
