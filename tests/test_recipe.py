@@ -177,3 +177,13 @@ def test_tiny_build_makes_a_loadable_model_folder(tmp_path):
     result = generate(load_model(out), GenerationRequest(prompt="A Red Circle moving left", seed=0,
                                                          num_inference_steps=2))
     assert result.frames.shape == (data.FRAMES, data.SIZE, data.SIZE, 3)
+
+
+def test_build_is_deterministic(tmp_path):
+    from weights.recipe.build import build
+
+    for name in ("a", "b"):
+        build(tmp_path / name, profile="tiny", progress=False, threads=1, workers=1)
+    for rel in ("vae/diffusion_pytorch_model.safetensors", "expert_1/model.safetensors", "router/model.safetensors",
+                "clip_text/model.safetensors", "image_encoder/model.safetensors"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
