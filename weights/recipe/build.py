@@ -90,7 +90,8 @@ def _refine_decoder(vae, out: Path, p: dict, seed: int, threads: int, progress: 
     return {**stats, "seconds": timer()}
 
 
-def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True) -> dict:
+def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True,
+                        **overrides) -> dict:
     """Re-run only the last stage on a built folder (same inputs as in `build`, so same result)."""
     from diffusers import AutoencoderKLHunyuanVideo
 
@@ -99,7 +100,7 @@ def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads
     timer = Timer()
     vae = AutoencoderKLHunyuanVideo.from_pretrained(out / "vae")
     vae.use_framewise_encoding = vae.use_framewise_decoding = False
-    stats = _refine_decoder(vae, out, PROFILES[profile], seed, threads, progress, timer)
+    stats = _refine_decoder(vae, out, {**PROFILES[profile], **overrides}, seed, threads, progress, timer)
     report_path = out / "build_report.json"
     report = json.loads(report_path.read_text())
     report["stages"]["vae_decoder"] = stats
@@ -179,8 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only-decoder", action="store_true",
                     help="re-run only the final VAE-decoder refinement on an already built --out folder")
     args = ap.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
     if args.only_decoder:
-        refine_decoder_only(Path(args.out), args.profile, args.seed, 1, not args.no_progress)
+        refine_decoder_only(Path(args.out), args.profile, args.seed, 1, not args.no_progress, **overrides)
         return 0
     overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
     build(Path(args.out), args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
