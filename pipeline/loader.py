@@ -112,6 +112,12 @@ class DDMModel:
     def num_experts(self) -> int:
         return len(self.manifest.components.experts)
 
+    def one_expert_budget(self) -> int:
+        """A device budget where every non-expert component fits but only one expert does."""
+        experts = [self.residency.nbytes(f"expert_{i}") for i in range(self.num_experts)]
+        others = sum(self.residency.nbytes(n) for n in self.components if not n.startswith("expert_"))
+        return others + int(max(experts) * 1.5)
+
     def get(self, name: str, demand=frozenset()):
         return self.residency.get(name, demand)
 

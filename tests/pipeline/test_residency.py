@@ -40,9 +40,7 @@ def test_prefetch_is_a_no_op_on_cpu():
 
 
 def one_expert_model(tiny_model_dir):
-    probe = load_model(tiny_model_dir)
-    expert_bytes = probe.residency.nbytes("expert_0")
-    return load_model(tiny_model_dir, budget_bytes=int(expert_bytes * 1.5))
+    return load_model(tiny_model_dir, budget_bytes=load_model(tiny_model_dir).one_expert_budget())
 
 
 def mixed(i, steps=4):
