@@ -314,9 +314,10 @@ class Engine:
         """The requests that advance this tick (see Scheduling in the module docstring)."""
         residency = self.model.residency
         needs = {s.job_id: {f"expert_{e}" for e in s.choice.experts} for s in states}
-        if residency.fits(set().union(*needs.values())):
+        hot = {"router", "vae"}  # needed every tick or two beside the experts
+        if residency.fits(set().union(*needs.values()) | hot):
             return states
-        chosen: set[str] = set()
+        chosen: set[str] = set(hot)
         starving = sorted((s for s in states if s.waited >= self.max_wait), key=lambda s: -s.waited)
         if starving:
             chosen |= needs[starving[0].job_id]
@@ -324,7 +325,7 @@ class Engine:
         for e in sorted(demand, key=lambda e: (not residency.is_resident(e), -demand[e], e)):
             if e not in chosen and residency.fits(chosen | {e}):
                 chosen.add(e)
-        if not chosen:  # one request's experts alone exceed the budget: run them one by one
+        if chosen == hot:  # one request's experts alone exceed the budget: run them one by one
             chosen = needs[max(states, key=lambda s: s.waited).job_id]
         return [s for s in states if needs[s.job_id] <= chosen]
 
