@@ -108,6 +108,9 @@ class _State:
         return self.ts[self.step]
 
 
+HOT = frozenset({"router", "vae"})  # needed every tick or two beside the experts: evicted last
+
+
 def make_policy(req: ResolvedRequest, renormalize: bool):
     if req.routing == "fixed":
         return FixedExpert(req.expert)
@@ -137,7 +140,7 @@ class EmbeddingCache:
 
 
 class Engine:
-    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 8):
+    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24):
         self.model = model
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -314,10 +317,9 @@ class Engine:
         """The requests that advance this tick (see Scheduling in the module docstring)."""
         residency = self.model.residency
         needs = {s.job_id: {f"expert_{e}" for e in s.choice.experts} for s in states}
-        hot = {"router", "vae"}  # needed every tick or two beside the experts
-        if residency.fits(set().union(*needs.values()) | hot):
+        if residency.fits(set().union(*needs.values()) | HOT):
             return states
-        chosen: set[str] = set(hot)
+        chosen: set[str] = set(HOT)
         starving = sorted((s for s in states if s.waited >= self.max_wait), key=lambda s: -s.waited)
         if starving:
             chosen |= needs[starving[0].job_id]
@@ -325,7 +327,7 @@ class Engine:
         for e in sorted(demand, key=lambda e: (not residency.is_resident(e), -demand[e], e)):
             if e not in chosen and residency.fits(chosen | {e}):
                 chosen.add(e)
-        if chosen == hot:  # one request's experts alone exceed the budget: run them one by one
+        if chosen == HOT:  # one request's experts alone exceed the budget: run them one by one
             chosen = needs[max(states, key=lambda s: s.waited).job_id]
         return [s for s in states if needs[s.job_id] <= chosen]
 
@@ -340,7 +342,7 @@ class Engine:
         branches = {s.job_id: self._branches(*plans[s.job_id]) for s in states}
         outputs: dict[tuple[str, int, str], torch.Tensor] = {}
         wanted = sorted({e for s in states for e in s.choice.experts})
-        demand = {f"expert_{e}" for e in wanted}
+        demand = {f"expert_{e}" for e in wanted} | HOT
         # Resident experts first, so one that must be loaded never pushes out one still needed;
         # while one computes, the next (or, last, a waiting request's) is prefetched (CUDA).
         order = sorted(wanted, key=lambda e: not self.model.residency.is_resident(f"expert_{e}"))

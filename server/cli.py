@@ -44,7 +44,7 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         p.add_argument("--device-memory", help="device memory for weights: e.g. 40GiB, or a fraction of free memory "
                        "such as 0.8 (default: no limit); experts beyond it move in and out")
         p.add_argument("--max-wait", type=int, help="ticks a request may wait for its expert before it is served "
-                       "first (default 8)")
+                       "first (default 24)")
         p.add_argument("--worker-id")
         p.add_argument("--tick-delay", dest="tick_delay_s", type=float, help="sleep after each step (debugging)")
 

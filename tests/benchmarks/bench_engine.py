@@ -57,7 +57,7 @@ def main() -> None:
     one_by_one(seq_model, work)
     seq_loads = seq_model.residency.stats.expert_loads() / args.jobs
     by_wait = {}
-    for max_wait in (8, 20):  # the fairness bound trades against loads: a longer wait, fewer switches
+    for max_wait in (8, 24):  # the fairness bound trades against loads: a longer wait, fewer switches
         b_model = load_model(args.model, budget_bytes=budget)
         b_results = run(Engine(b_model, max_batch=args.jobs, max_wait=max_wait), work)
         loads = b_model.residency.stats.expert_loads() / args.jobs
