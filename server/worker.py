@@ -131,10 +131,7 @@ class Worker:
     def _drop(self, job_id: str, reason: str) -> None:
         with self.lock:
             run = self.running.pop(job_id, None)
-        try:
-            self.engine.cancel(job_id)
-        except Exception:
-            pass
+        self.engine.cancel(job_id)
         if run:
             _event("job_stopped", job=job_id, worker=self.id, reason=reason, step=run.step, fence=run.claim.fence)
             self.store.count("worker_stops_total", reason)
