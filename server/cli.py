@@ -43,6 +43,8 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         p.add_argument("--max-batch", type=int, help="requests denoised together (worker capacity)")
         p.add_argument("--device-memory", help="device memory for weights: e.g. 40GiB, or a fraction of free memory "
                        "such as 0.8 (default: no limit); experts beyond it move in and out")
+        p.add_argument("--threads", type=int, help="torch CPU threads for the worker (default: torch's choice); "
+                       "1 avoids thread stalls on a shared CPU")
         p.add_argument("--max-wait", type=int, help="ticks a request may wait for its expert before it is served "
                        "first (default 24)")
         p.add_argument("--worker-id")
@@ -54,7 +56,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
     fields = set(Settings.model_fields)
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError: a clear message, not a traceback
+        raise SystemExit(f"paris {args.command}: {exc}") from None
     try:
         read_manifest(settings.model)
     except Exception as exc:  # say what is wrong before starting anything
@@ -138,8 +143,10 @@ def _worker_argv(args, settings: Settings, url: str) -> list[str]:
     argv = [sys.executable, "-m", "client.cli", "worker", "--redis-url", url, "--model", str(settings.model),
             "--artifact-dir", str(settings.resolved_artifact_dir().resolve()), "--log-level", args.log_level]
     for flag, key in [("--device", "device"), ("--max-batch", "max_batch"), ("--lease-ms", "lease_ms"),
-                      ("--max-attempts", "max_attempts"), ("--job-ttl", "job_ttl_s"), ("--tick-delay", "tick_delay_s")]:
-        argv += [flag, str(getattr(settings, key))]
+                      ("--max-attempts", "max_attempts"), ("--job-ttl", "job_ttl_s"), ("--tick-delay", "tick_delay_s"),
+                      ("--device-memory", "device_memory"), ("--max-wait", "max_wait"), ("--threads", "threads")]:
+        if getattr(settings, key) is not None:
+            argv += [flag, str(getattr(settings, key))]
     return argv
 
 

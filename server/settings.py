@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     max_batch: int = 8
     device_memory: str | None = None            # weights budget: "40GiB" or a fraction of free memory ("0.8"); None: no limit
+    threads: int | None = None                  # torch CPU threads in the worker; None: torch's default
     max_wait: int = 24                          # fairness bound input: see pipeline/engine.py (Scheduling)
     tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
 

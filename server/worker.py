@@ -293,6 +293,10 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     from pipeline.manifest import read_manifest
     from pipeline.residency import parse_budget
 
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     manifest = read_manifest(settings.model)
     t0 = time.time()
     model = load_model(settings.model, device=settings.device,
