@@ -99,10 +99,13 @@ def test_encoders_are_seeded_and_frozen(encoders):
     assert feats.shape == (2, 64) and torch.isfinite(feats).all()
 
 
-def test_vae_stage_runs_and_sets_scaling_factor():
-    from weights.recipe.vae import train_vae
+def test_vae_stages_run_and_set_scaling_factor():
+    from weights.recipe.vae import build_vae, pretrain_on_frames, train_vae
 
-    vae, stats = train_vae(steps=4, batch=2, seed=0, progress=False, block_out_channels=(8, 8, 8))
+    vae = build_vae(0, block_out_channels=(8, 8, 8))
+    frames = pretrain_on_frames(vae, steps=4, batch=2, seed=0, progress=False)
+    assert math.isfinite(frames["psnr_frames"]) and frames["loss_last"] < frames["loss_first"] * 1.5
+    stats = train_vae(vae, steps=4, batch=2, seed=0, progress=False)
     assert math.isfinite(stats["loss_last"]) and stats["loss_last"] < stats["loss_first"] * 1.5
     assert vae.config.scaling_factor == pytest.approx(stats["scaling_factor"])
     z = vae.encode(torch.zeros(1, 3, 9, 32, 32)).latent_dist.mode()

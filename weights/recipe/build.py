@@ -23,14 +23,14 @@ from .encoders import CLIP_DIM, DINO_DIM, TEXT_DIM, Encoders
 from .experts import expert_config, train_expert
 from .latents import LatentCache, build_cache
 from .router import router_accuracy, router_config, train_router
-from .vae import refine_decoder, train_vae
+from .vae import build_vae, pretrain_on_frames, refine_decoder, train_vae
 
 PROFILES = {
     # the shipped model (about 40 minutes on 2 cores)
-    "full": dict(vae_steps=1200, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
+    "full": dict(vae_frame_steps=3000, vae_frame_batch=8, vae_steps=1200, vae_batch=8, per_cluster=2000, expert_steps=2000, expert_batch=64,
                  router_steps=800, router_batch=64, expert_hidden=96, decoder_steps=600, decoder_batch=8),
     # the code path only, for tests
-    "tiny": dict(vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3, expert_batch=4,
+    "tiny": dict(vae_frame_steps=3, vae_frame_batch=2, vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3, expert_batch=4,
                  router_steps=3, router_batch=4, expert_hidden=32, decoder_steps=2, decoder_batch=2),
 }
 WORKERS = {"full": 2, "tiny": 1
@@ -127,7 +127,10 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
     encoders.save(out)
     log_event("encoders_saved", seconds=timer())
 
-    vae, stats = train_vae(p["vae_steps"], p["vae_batch"], seed + 10, progress=progress)
+    vae = build_vae(seed + 10)
+    stats = pretrain_on_frames(vae, p["vae_frame_steps"], p["vae_frame_batch"], seed + 10, progress=progress)
+    report["stages"]["vae_frames"] = {**stats, "seconds": timer()}
+    stats = train_vae(vae, p["vae_steps"], p["vae_batch"], seed + 10, progress=progress)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     report["stages"]["vae"] = {**stats, "seconds": timer()}
 
