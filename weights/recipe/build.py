@@ -83,30 +83,11 @@ def _train_job(kind: str, index: int, name: str, cache_path: str, out: str, p: d
     return "router", {**stats, "seconds": timer()}
 
 
-def _refine_decoder(vae, out: Path, p: dict, seed: int, threads: int, progress: bool, timer: Timer) -> dict:
-    torch.set_num_threads(max(1, threads))
+def _refine_decoder(vae, out: Path, p: dict, seed: int, progress: bool, timer: Timer) -> dict:
+    torch.set_num_threads(1)  # one thread, like every other training job
     stats = refine_decoder(vae, p["decoder_steps"], p["decoder_batch"], seed + 50, progress=progress)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     return {**stats, "seconds": timer()}
-
-
-def refine_decoder_only(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True,
-                        **overrides) -> dict:
-    """Re-run only the last stage on a built folder (same inputs as in `build`, so same result)."""
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    out = Path(out)
-    setup_logging(out / "build_vae_decoder.log")
-    timer = Timer()
-    vae = AutoencoderKLHunyuanVideo.from_pretrained(out / "vae")
-    vae.use_framewise_encoding = vae.use_framewise_decoding = False
-    stats = _refine_decoder(vae, out, {**PROFILES[profile], **overrides}, seed, threads, progress, timer)
-    report_path = out / "build_report.json"
-    report = json.loads(report_path.read_text())
-    report["stages"]["vae_decoder"] = stats
-    report["seconds"] = round(report["seconds"] + stats["seconds"], 2)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, progress: bool = True,
@@ -157,9 +138,9 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
         report["stages"][key] = stats
         log_event(f"{key}_saved", **{k: v for k, v in stats.items() if not isinstance(v, dict)})
 
-    # Last (one thread, like every other training job): refine the VAE decoder on the frozen encoder's latents.
-    # Latents, experts and router are unaffected; decoded clips (and i2v frame 0) get sharper.
-    report["stages"]["vae_decoder"] = _refine_decoder(vae, out, p, seed, 1, progress, timer)
+    # Last: refine the VAE decoder on the frozen encoder's latents. Latents, experts and router
+    # are unaffected; decoded clips (and i2v frame 0) get sharper.
+    report["stages"]["vae_decoder"] = _refine_decoder(vae, out, p, seed, progress, timer)
 
     manifest = manifest_dict(encoders.max_length)
     Manifest.model_validate(manifest)
@@ -170,26 +151,27 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
     return report
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="weights/paris-mini")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", type=Path, default=Path("weights/paris-mini"))
     ap.add_argument("--profile", default="full", choices=sorted(PROFILES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process (VAE, cache)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the main process (VAE, cache)")
     ap.add_argument("--workers", type=int, default=None, help="processes training experts/router side by side")
     ap.add_argument("--no-progress", action="store_true")
     for key, value in PROFILES["full"].items():
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
-    ap.add_argument("--only-decoder", action="store_true",
-                    help="re-run only the final VAE-decoder refinement on an already built --out folder")
-    args = ap.parse_args(argv)
+
+
+def run(args) -> int:
     overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
-    if args.only_decoder:
-        refine_decoder_only(Path(args.out), args.profile, args.seed, 1, not args.no_progress, **overrides)
-        return 0
-    overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
-    build(Path(args.out), args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
+    build(args.out, args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
     return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":
