@@ -10,6 +10,6 @@ def register(sub) -> None:
 
     from . import build
 
-    rebuild = sub.add_parser("build-mini", help="rebuild weights/paris-mini from scratch (about 70 min on 2 cores)")
+    rebuild = sub.add_parser("build-mini", help="rebuild weights/paris-mini from scratch (about 55 min on 2 cores)")
     build.add_arguments(rebuild)
     rebuild.set_defaults(run=build.run)
