@@ -45,6 +45,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * np.log10(4.0 / max(mse, 1e-12))
 
 
+@torch.no_grad()
+def _log_progress(vae, bar, history: list, step: int, steps: int, eval_every: int, event: str, evaluate) -> None:
+    """Every 25 steps: the bar's loss and a JSON log line; every `eval_every` steps and at the end,
+    `evaluate()`'s held-out numbers too (in eval mode)."""
+    if step % 25 and step != steps - 1:
+        return
+    bar.set_postfix(loss=f"{np.mean(history[-25:]):.4f}")
+    extra = {}
+    if step % eval_every == 0 or step == steps - 1:
+        vae.eval()
+        extra = evaluate()
+        vae.train()
+    log_event(event, step=step, loss=np.mean(history[-25:]), **extra)
+
+
+def _frames_psnr(vae, frames: torch.Tensor) -> dict:
+    return {"psnr_frames": psnr(vae.decode(vae.encode(frames).latent_dist.mode()).sample, frames)}
+
+
 def pretrain_on_frames(vae: AutoencoderKLHunyuanVideo, steps: int, batch: int, seed: int, lr: float = 1e-3,
                        progress: bool = True, eval_every: int = 250) -> dict:
     """Teach the autoencoder single frames first (plain MSE), a random frame of each clip.
@@ -70,18 +89,11 @@ def pretrain_on_frames(vae: AutoencoderKLHunyuanVideo, steps: int, batch: int, s
         loss.backward()
         opt.step()
         history.append(loss.item())
-        if step % 25 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(history[-25:]):.4f}")
-            extra = {}
-            if step % eval_every == 0 or step == steps - 1:
-                with torch.no_grad():
-                    vae.eval()
-                    extra["psnr_frames"] = psnr(vae.decode(vae.encode(val).latent_dist.mode()).sample, val)
-                    vae.train()
-            log_event("vae_frames_step", step=step, loss=np.mean(history[-25:]), **extra)
+        _log_progress(vae, bar, history, step, steps, eval_every, "vae_frames_step", lambda: _frames_psnr(vae, val))
     vae.eval()
-    stats = {"psnr_frames": extra["psnr_frames"], "loss_first": float(np.mean(history[:10])),
-             "loss_last": float(np.mean(history[-10:]))}
+    with torch.no_grad():
+        stats = {**_frames_psnr(vae, val), "loss_first": float(np.mean(history[:10])),
+                 "loss_last": float(np.mean(history[-10:]))}
     log_event("vae_frames_done", **stats)
     return stats
 
@@ -128,14 +140,8 @@ def train_vae(vae: AutoencoderKLHunyuanVideo, steps: int, batch: int, seed: int,
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         history.append(loss.item())
-        if step % 25 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(history[-25:]):.4f}")
-            extra = {}
-            if step % eval_every == 0 or step == steps - 1:
-                vae.eval()
-                extra = {k: v for k, v in evaluate_vae(vae, val).items() if k.startswith("psnr")}
-                vae.train()
-            log_event("vae_step", step=step, loss=np.mean(history[-25:]), **extra)
+        _log_progress(vae, bar, history, step, steps, eval_every, "vae_step",
+                      lambda: {k: v for k, v in evaluate_vae(vae, val).items() if k.startswith("psnr")})
     vae.eval()
     stats = evaluate_vae(vae, val)
     stats["loss_first"], stats["loss_last"] = float(np.mean(history[:10])), float(np.mean(history[-10:]))
