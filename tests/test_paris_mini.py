@@ -87,3 +87,14 @@ def test_generation_is_deterministic_by_seed(model):
 def test_build_report_is_shipped():
     report = json.loads((DEFAULT_MODEL / "build_report.json").read_text())
     assert report["profile"] == "full" and set(report["stages"]) >= {"vae", "cache", "expert_0", "expert_1", "expert_2", "router", "vae_decoder"}
+
+
+def test_quick_evaluation_meets_every_threshold():
+    """`paris eval --quick` on the shipped weights: a quarter of the prompts (every cluster), one
+    seed, the issue's thresholds. The full run (48 videos) is in docs/paris-mini-eval.json."""
+    from weights.recipe.evaluate import evaluate
+
+    report = evaluate(DEFAULT_MODEL, quick=True)
+    assert report["t2v"]["n"] >= 6 and report["i2v"]["n"] >= 6
+    assert report["checks"] == dict.fromkeys(report["checks"], True), report["checks"]
+    assert report["i2v"]["psnr_frame0_min"] >= 25.0
