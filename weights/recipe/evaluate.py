@@ -199,7 +199,7 @@ def format_table(report: dict) -> str:
     ]
     for e, row in enumerate(s["motion_acc"]):
         lines.append(f"| expert {e} ({s['experts'][e]}) | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    lines += ["", f"t2v motion accuracy per cluster: " + ", ".join(f"{k} {v:.3f}" for k, v in t["per_cluster_motion"].items()),
+    lines += ["", "t2v motion accuracy per cluster: " + ", ".join(f"{k} {v:.3f}" for k, v in t["per_cluster_motion"].items()),
               f"median seconds per t2v video (this run): {t['seconds_per_video']:.2f}"]
     return "\n".join(lines)
 
