@@ -1,0 +1,56 @@
+"""The benchmark scripts run through on the shipped paris-mini and report consistent numbers.
+Their speed is not judged here (CI machines are shared and noisy): `make bench` does that on a
+quiet machine. These runs are small so that a broken script shows up in CI, not in a GPU session."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_benchmark(module: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout)
+
+
+def test_generate_benchmark_reports_cold_and_warm_times():
+    result = run_benchmark("tests.benchmarks.bench_generate", "--repeats", "2")
+    warm = result["warm_generate_s"]
+    assert warm["n"] == 2 and 0 < warm["min"] <= warm["median"] <= warm["max"]
+    assert result["cold_generate_s"] > 0
+    assert result["within_limit"] == (warm["median"] <= result["limit_s"])
+
+
+@pytest.fixture(scope="module")
+def engine_result() -> dict:
+    # One job per cluster: one after another, each job needs a different expert.
+    return run_benchmark("tests.benchmarks.bench_engine", "--jobs", "3", "--repeats", "1", "--threads", "2")
+
+
+def test_engine_benchmark_throughput_fields_are_consistent(engine_result):
+    t = engine_result["throughput"]
+    assert t["one_by_one_jobs_per_min"] > 0 and t["batched_jobs_per_min"] > 0
+    assert t["ratio"] == pytest.approx(t["batched_jobs_per_min"] / t["one_by_one_jobs_per_min"], abs=0.011)
+    assert set(t["expert_forward_ms_by_rows"]) == {"1", "2", "4", "6", "8"}
+    assert 0 < engine_result["engine_overhead_batch1"]["share_of_tick"] < 1
+
+
+def test_engine_benchmark_loads_respect_the_floor_and_the_wait_bound(engine_result):
+    loads = engine_result["expert_loads_one_expert_budget"]
+    assert loads["one_by_one_per_video"] == 1.0  # three jobs, three different experts, one expert fits
+    assert loads["lowest_possible_ratio"] == 1.0
+    runs = {k: v for k, v in loads.items() if k.startswith("max_wait_")}
+    assert len(runs) == 3
+    for run in runs.values():
+        assert run["ratio"] >= loads["lowest_possible_ratio"]
+        assert run["max_waited_ticks"] <= run["wait_bound_ticks"]
+    # a bound of 2 x steps lets each group run through: every expert is loaded exactly once
+    assert runs["max_wait_40"]["ratio"] == 1.0
+
+
+def test_api_benchmark_compares_the_api_path_with_the_engine():
+    result = run_benchmark("tests.benchmarks.bench_api", "--runs", "1")["api_path_overhead"]
+    assert result["direct_seconds"] > 0 and result["api_seconds"] > 0
+    assert result["added_seconds"] == pytest.approx(result["api_seconds"] - result["direct_seconds"], abs=0.002)
+    assert result["within_target"] == (result["added_seconds"] <= result["allowed_seconds"])
