@@ -41,8 +41,8 @@ def cmd_submit(args) -> int:
             print(f"paris submit: {video['id']} failed: {err.get('code')}: {err.get('message')}", file=sys.stderr)
             return 1
         path = client.download(video["id"], args.out)
-        share = (video.get("routing") or {}).get("expert_share")
-        print(f"wrote {path} (seed {video.get('seed')}, expert share {share})", file=sys.stderr)
+        share = (video.get("routing") or {}).get("step_share")
+        print(f"wrote {path} (seed {video.get('seed')}, share of steps per expert {share})", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from weights import DEFAULT_MODEL
 
 from .errors import InvalidRequest, ModelFolderError
+from .request import RoutingMode
 
 
 def register(sub) -> None:
@@ -27,7 +28,7 @@ def register(sub) -> None:
     gen.add_argument("--fps", type=int)
     gen.add_argument("--negative-prompt")
     gen.add_argument("--top-k", type=int)
-    gen.add_argument("--routing", choices=["top_k", "ensemble", "fixed", "schedule"], default="top_k")
+    gen.add_argument("--routing", choices=[m.value for m in RoutingMode], default=RoutingMode.TOP_K.value)
     gen.add_argument("--expert", type=int, help="with --routing fixed")
     gen.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
     gen.add_argument("--device", default="cpu")
@@ -75,10 +76,10 @@ def run_generate(args) -> int:
     thumb = write_thumbnail(result.frames, args.out.with_suffix(".png"))
     sheet = write_spritesheet(result.frames, args.out.with_name(args.out.stem + "_sheet.png"))
     names = [e.name or e.path for e in model.manifest.components.experts]
-    counts = [sum(e in s["experts"] for s in result.trace.steps) for e in range(model.num_experts)]
+    share = result.routing
     print(f"wrote {args.out} ({len(result.frames)} frames, {result.request.size}, {result.fps} fps, seed {result.seed}), {thumb}, {sheet}")
-    print("routing: " + ", ".join(f"{n} {c / len(result.trace.steps):.0%} of steps (weight {w:.2f})"
-                                  for n, c, w in zip(names, counts, result.expert_share)))
+    print("routing: " + ", ".join(f"{n} {s:.0%} of steps (weight {w:.2f})"
+                                  for n, s, w in zip(names, share.step_share, share.weight_share)))
     return 0
 
 

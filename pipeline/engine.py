@@ -22,49 +22,15 @@ import time
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import sampling
 from .encoders import encode_clip, encode_dinov2, encode_t5, fit_image, vae_decode, vae_encode_frame
 from .loader import DDMModel
 from .models.expert import image_positions, pack, unpack
-from .request import GenerationRequest, ResolvedRequest, resolve
+from .request import ResolvedRequest, RoutingMode
+from .results import Failed, Finished, GenerationResult, Progress, ResidencyDelta
 from .routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
-
-
-@dataclass
-class GenerationResult:
-    frames: np.ndarray  # uint8 (F, H, W, 3)
-    fps: int
-    seed: int
-    trace: RoutingTrace
-    request: ResolvedRequest
-    num_experts: int
-    residency: dict = field(default_factory=dict)  # expert loads and bytes moved while it ran
-
-    @property
-    def expert_share(self) -> list[float]:
-        return self.trace.expert_share(self.num_experts)
-
-
-@dataclass
-class Progress:
-    job_id: str
-    step: int
-    total: int
-
-
-@dataclass
-class Finished:
-    job_id: str
-    result: GenerationResult
-
-
-@dataclass
-class Failed:
-    job_id: str
-    message: str
 
 
 @dataclass
@@ -112,11 +78,11 @@ HOT = frozenset({"router", "vae"})  # needed every tick or two beside the expert
 
 
 def make_policy(req: ResolvedRequest, renormalize: bool):
-    if req.routing == "fixed":
+    if req.routing is RoutingMode.FIXED:
         return FixedExpert(req.expert)
-    if req.routing == "schedule":
+    if req.routing is RoutingMode.SCHEDULE:
         return ExpertSchedule(req.expert_schedule)
-    if req.routing == "ensemble":
+    if req.routing is RoutingMode.ENSEMBLE:
         return FullEnsemble()
     return TopK(req.top_k, renormalize)
 
@@ -158,13 +124,11 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.pending or self.active)
 
-    def admit(self, job_id: str, request: GenerationRequest) -> ResolvedRequest:
-        """Validate and queue a request; it starts at the next tick. Raises InvalidRequest."""
-        resolved = resolve(self.model.manifest, request)
+    def admit(self, job_id: str, request: ResolvedRequest) -> None:
+        """Queue a resolved request; it starts at the next tick."""
         if self.free_slots <= 0:
             raise RuntimeError("engine is full")
-        self.pending.append((job_id, resolved))
-        return resolved
+        self.pending.append((job_id, request))
 
     def cancel(self, job_id: str) -> bool:
         before = len(self.pending) + len(self.active)
@@ -207,9 +171,13 @@ class Engine:
                 self.cache.put(text, (t5[i : i + 1].to(m.device), clip[i : i + 1].to(m.device)))
         return {t: self.cache.get(t) for t in texts}
 
+    def _prompt_text(self, req: ResolvedRequest) -> str:
+        """The text T5 and CLIP read: the model's prompt template applied (here only)."""
+        return self.model.manifest.sampling.prompt_template.format(prompt=req.prompt)
+
     def _start_pending(self, events: list) -> None:
         pending, self.pending = self.pending, []
-        embeddings = self._encode_texts([t for _, r in pending for t in (r.prompt, r.negative_prompt)])
+        embeddings = self._encode_texts([t for _, r in pending for t in (self._prompt_text(r), r.negative_prompt)])
         images = [(j, r) for j, r in pending if r.image is not None]
         encoded_images = self._encode_images(images, events)
         for job_id, req in pending:
@@ -248,8 +216,8 @@ class Engine:
         state = _State(
             job_id=job_id, req=req, policy=make_policy(req, m.manifest.routing.renormalize), x=noise,
             ts=sampling.timesteps(req.num_inference_steps, alpha),
-            txt={"cond": embeddings[req.prompt][0], "null": embeddings[req.negative_prompt][0]},
-            vec={"cond": embeddings[req.prompt][1], "null": embeddings[req.negative_prompt][1]},
+            txt={"cond": embeddings[self._prompt_text(req)][0], "null": embeddings[req.negative_prompt][0]},
+            vec={"cond": embeddings[self._prompt_text(req)][1], "null": embeddings[req.negative_prompt][1]},
             img_ids=image_positions(t, h, w, patch)[None].to(m.device),
             loads_at_start=(m.residency.stats.expert_loads(), m.residency.stats.bytes_to_device),
         )
@@ -409,11 +377,11 @@ class Engine:
                 del self.active[s.job_id]
                 if videos is not None:
                     stats = self.model.residency.stats
-                    moved = {"expert_loads_while_running": stats.expert_loads() - s.loads_at_start[0],
-                             "bytes_to_device_while_running": stats.bytes_to_device - s.loads_at_start[1],
-                             "max_waited_ticks": s.max_waited}
-                    result = GenerationResult(videos[i][: s.req.num_frames], s.req.fps, s.req.seed, s.trace, s.req,
-                                              self.model.num_experts, moved)
+                    moved = ResidencyDelta(expert_loads=stats.expert_loads() - s.loads_at_start[0],
+                                           bytes_to_device=stats.bytes_to_device - s.loads_at_start[1],
+                                           max_waited_ticks=s.max_waited)
+                    result = GenerationResult(videos[i][: s.req.num_frames], s.req, s.trace,
+                                              s.trace.summary(self.model.num_experts), moved)
                     events.append(Finished(s.job_id, result))
 
 

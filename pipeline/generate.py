@@ -2,9 +2,10 @@
 
 from typing import Callable
 
-from .engine import Engine, Failed, Finished, GenerationResult, Progress
+from .engine import Engine
 from .loader import DDMModel
-from .request import GenerationRequest
+from .request import GenerationRequest, resolve
+from .results import Failed, Finished, GenerationResult, Progress
 
 
 class GenerationFailed(RuntimeError):
@@ -17,7 +18,8 @@ def run_jobs(engine: Engine, jobs: list[tuple[str, GenerationRequest]]) -> dict[
     results, queue = {}, list(jobs)
     while queue or engine.has_work:
         while queue and engine.free_slots > 0:
-            engine.admit(*queue.pop(0))
+            job_id, request = queue.pop(0)
+            engine.admit(job_id, resolve(engine.model.manifest, request))
         for event in engine.tick():
             if isinstance(event, Finished):
                 results[event.job_id] = event.result
@@ -28,8 +30,9 @@ def run_jobs(engine: Engine, jobs: list[tuple[str, GenerationRequest]]) -> dict[
 
 def generate(model: DDMModel, request: GenerationRequest,
              on_progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    """Raises InvalidRequest for a request the model cannot serve."""
     engine = Engine(model, max_batch=1)
-    engine.admit("generate", request)
+    engine.admit("generate", resolve(model.manifest, request))
     while engine.has_work:
         for event in engine.tick():
             if isinstance(event, Progress) and on_progress:

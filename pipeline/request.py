@@ -1,20 +1,30 @@
 """A generation request, and its resolution against a model's defaults and limits.
 
-`resolve` is pure (manifest only, no weights), so the API process validates with exactly the
-rules the worker applies.
+`resolve` is pure (manifest only, no weights): the API resolves once, with exactly the rules the
+engine relies on, and the queue carries the `ResolvedRequest` (`to_json` / `from_json`). The
+prompt is kept as the user wrote it; the engine applies the model's prompt template when it
+encodes, so nothing here can apply it twice.
 """
 
+import dataclasses
+import json
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
 from PIL import Image
 
 from .errors import InvalidRequest
 from .manifest import Manifest, parse_size
 
-RoutingMode = Literal["top_k", "ensemble", "fixed", "schedule"]
 MAX_SEED = 2**63 - 1
+
+
+class RoutingMode(StrEnum):
+    TOP_K = "top_k"
+    ENSEMBLE = "ensemble"
+    FIXED = "fixed"
+    SCHEDULE = "schedule"
 
 
 @dataclass
@@ -31,14 +41,15 @@ class GenerationRequest:
     guidance_oscillation: bool | None = None
     seed: int | None = None
     top_k: int | None = None
-    routing: RoutingMode = "top_k"
+    routing: RoutingMode | str = RoutingMode.TOP_K
     expert: int | None = None
     expert_schedule: list[int] | None = None
 
 
 @dataclass
 class ResolvedRequest:
-    """Every field filled and checked; `prompt` already has the model's template applied."""
+    """Every field filled and checked. `image` is the decoded first frame (image-to-video); it is
+    not serialised: the queue carries it as an artifact, and `has_image` says one belongs here."""
 
     prompt: str
     negative_prompt: str
@@ -60,6 +71,27 @@ class ResolvedRequest:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def seconds(self) -> float:
+        return (self.num_frames - 1) / self.fps
+
+    def to_json(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "image"}
+        return json.dumps({**fields, "routing": str(self.routing), "has_image": self.has_image})
+
+    @classmethod
+    def from_json(cls, text: str, image: Image.Image | None = None) -> "ResolvedRequest":
+        """The request `to_json` wrote; `image` is its first frame, read back from the artifact
+        store (it must be given exactly when the request had one)."""
+        data = json.loads(text)
+        if data.pop("has_image") != (image is not None):
+            raise ValueError("the first frame must be given exactly when the request had one")
+        return cls(**{**data, "routing": RoutingMode(data["routing"]), "image": image})
 
 
 def _check(ok: bool, param: str, message: str) -> None:
@@ -111,19 +143,20 @@ def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
 
     top_k = d.top_k if request.top_k is None else request.top_k
     _check(isinstance(top_k, int) and 1 <= top_k <= num_experts, "top_k", f"top_k must be between 1 and {num_experts}")
-    _check(request.routing in ("top_k", "ensemble", "fixed", "schedule"), "routing",
-           "routing must be one of top_k, ensemble, fixed, schedule")
+    modes = [m.value for m in RoutingMode]
+    _check(request.routing in modes, "routing", f"routing must be one of {', '.join(modes)}")
+    routing = RoutingMode(request.routing)
     expert, schedule = request.expert, request.expert_schedule
-    if request.routing == "fixed":
+    if routing is RoutingMode.FIXED:
         _check(isinstance(expert, int) and 0 <= expert < num_experts, "expert", f"expert must be between 0 and {num_experts - 1}")
-    if request.routing == "schedule":
+    if routing is RoutingMode.SCHEDULE:
         _check(schedule is not None and len(schedule) == steps, "expert_schedule",
                f"expert_schedule must name one expert per step ({steps} entries)")
         _check(all(isinstance(e, int) and 0 <= e < num_experts for e in schedule), "expert_schedule",
                f"expert_schedule entries must be between 0 and {num_experts - 1}")
 
     return ResolvedRequest(
-        prompt=d.prompt_template.format(prompt=request.prompt),
+        prompt=request.prompt,
         negative_prompt=negative,
         image=request.image,
         num_frames=frames,
@@ -135,10 +168,10 @@ def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
         image_guidance_scale=float(image_guidance),
         guidance_oscillation=d.guidance_oscillation if request.guidance_oscillation is None else request.guidance_oscillation,
         seed=seed,
-        routing=request.routing,
+        routing=routing,
         top_k=top_k,
-        expert=expert if request.routing == "fixed" else None,
-        expert_schedule=list(schedule) if request.routing == "schedule" else None,
+        expert=expert if routing is RoutingMode.FIXED else None,
+        expert_schedule=list(schedule) if routing is RoutingMode.SCHEDULE else None,
     )
 
 

@@ -60,6 +60,16 @@ class ExpertSchedule:
         return Choice((self.schedule[step],), (1.0,))
 
 
+@dataclass(frozen=True)
+class RoutingSummary:
+    """Per expert, over all of a generation's steps: the fraction of steps it ran in
+    (`step_share`, sums to the experts chosen per step) and its share of the routing weight
+    (`weight_share`, sums to 1)."""
+
+    step_share: list[float]
+    weight_share: list[float]
+
+
 @dataclass
 class RoutingTrace:
     steps: list[dict] = field(default_factory=list)
@@ -67,11 +77,11 @@ class RoutingTrace:
     def record(self, step: int, t: float, choice: Choice) -> None:
         self.steps.append({"step": step, "t": t, "experts": list(choice.experts), "weights": list(choice.weights)})
 
-    def expert_share(self, num_experts: int) -> list[float]:
-        """Share of the total routing weight each expert carried over all steps."""
-        totals = [0.0] * num_experts
+    def summary(self, num_experts: int) -> RoutingSummary:
+        steps, weights = [0.0] * num_experts, [0.0] * num_experts
         for entry in self.steps:
             for e, w in zip(entry["experts"], entry["weights"]):
-                totals[e] += w
+                steps[e] += 1
+                weights[e] += w
         n = max(len(self.steps), 1)
-        return [round(v / n, 4) for v in totals]
+        return RoutingSummary(step_share=[round(v / n, 4) for v in steps], weight_share=[round(v / n, 4) for v in weights])

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.request import RoutingMode
+
 
 class CreateVideo(BaseModel):
     """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
@@ -24,7 +26,7 @@ class CreateVideo(BaseModel):
     guidance_oscillation: bool | None = None
     fps: int | None = None
     top_k: int | None = None
-    routing: Literal["top_k", "ensemble", "fixed", "schedule"] | None = None
+    routing: RoutingMode | None = None
     expert: int | None = None
     expert_schedule: list[int] | None = None
 

@@ -35,18 +35,6 @@ def _event(event: str, **kw) -> None:
     log.info(json.dumps({"event": event, **kw}, default=str))
 
 
-def _jsonable(x):
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float | int | str | bool) or x is None:
-        return x
-    return str(x)
-
-
 @dataclass
 class Running:
     claim: Claim
@@ -105,24 +93,19 @@ class Worker:
             self._admit(claim)
 
     def _admit(self, claim: Claim) -> None:
-        from pipeline.errors import InvalidRequest
-        from pipeline.request import GenerationRequest
+        from pipeline.request import ResolvedRequest
 
         job = self.store.get(claim.job_id) or {}
         try:
-            req = json.loads(job["request"])
             image = None
             if job.get("has_image") == "1":
                 with Image.open(self.artifacts.input_path(claim.job_id)) as im:
                     image = im.convert("RGB")
-            gen = GenerationRequest(image=image, **req)
-            run = Running(claim, time.time(), req.get("routing", "top_k"), req.get("top_k") or 1,
-                          total=int(req.get("num_inference_steps") or 0))
+            request = ResolvedRequest.from_json(job["request"], image)
+            run = Running(claim, time.time(), request.routing, request.top_k, total=request.num_inference_steps)
             with self.lock:
                 self.running[claim.job_id] = run
-            self.engine.admit(claim.job_id, gen)
-        except InvalidRequest as exc:
-            self._finish_failed(claim, "invalid_request", f"{exc.param}: {exc.message}")
+            self.engine.admit(claim.job_id, request)
         except Exception as exc:
             _event("admit_failed", job=claim.job_id, worker=self.id, error=repr(exc))
             self._finish_failed(claim, "generation_failed", f"could not start: {exc}")
@@ -173,29 +156,16 @@ class Worker:
         write_mp4(result.frames, result.fps, self.artifacts.variant_path(c.job_id, c.fence, "video"))
         write_thumbnail(result.frames, self.artifacts.variant_path(c.job_id, c.fence, "thumbnail"))
         write_spritesheet(result.frames, self.artifacts.variant_path(c.job_id, c.fence, "spritesheet"))
-        trace = getattr(result, "trace", None)
-        steps = _jsonable(getattr(trace, "steps", []) or [])
-        # expert_share: fraction of denoising steps in which each expert ran (sums to top_k);
-        # weight_share: share of the routing weight each expert carried (sums to 1)
-        chosen = [0] * self.num_experts
-        for s in steps:
-            for e in (s.get("experts") or []) if isinstance(s, dict) else []:
-                if 0 <= int(e) < self.num_experts:
-                    chosen[int(e)] += 1
-        share = {str(i): round(n / max(1, len(steps)), 4) for i, n in enumerate(chosen)}
-        weight_share = {}
-        if trace is not None:
-            try:
-                raw = trace.expert_share(self.num_experts)
-                items = raw.items() if isinstance(raw, dict) else enumerate(raw)
-                weight_share = {str(k): round(float(v), 4) for k, v in items}
-            except Exception as exc:
-                _event("trace_summary_failed", job=c.job_id, error=repr(exc))
-        routing = {"policy": run.routing, "top_k": run.top_k, "expert_share": share, "weight_share": weight_share,
+        steps = result.trace.steps
+        summary = result.routing
+        step_share = {str(i): v for i, v in enumerate(summary.step_share)}
+        routing = {"policy": str(run.routing), "top_k": run.top_k, "step_share": step_share,
+                   "expert_share": step_share,  # the old name of step_share, kept for clients that read it
+                   "weight_share": {str(i): v for i, v in enumerate(summary.weight_share)},
                    "steps": len(steps), "trace_url": f"/v1/videos/{c.job_id}/trace"}
         ok = self.store.settle(c, "completed", self.s.job_ttl_s, progress=100, step=run.total,
                                artifact_fence=c.fence, seed=int(result.seed), routing=routing, trace=steps,
-                               residency=result.residency)
+                               residency=result.residency.to_dict())
         if not ok:  # fenced out, cancelled or deleted meanwhile: our files are not the result
             self.artifacts.remove_attempt(c.job_id, c.fence)
             if self.store.get(c.job_id) is None:
@@ -203,7 +173,7 @@ class Worker:
             _event("fenced_out", job=c.job_id, worker=self.id, fence=c.fence, stage="complete")
             return
         for s in steps:
-            for e in (s.get("experts") or []) if isinstance(s, dict) else []:
+            for e in s["experts"]:
                 self.store.count("expert_steps_total", str(e))
         self.store.observe("paris_job_seconds", time.time() - run.started, JOB_BUCKETS)
         _event("job_completed", job=c.job_id, worker=self.id, fence=c.fence, seconds=round(time.time() - run.started, 3))

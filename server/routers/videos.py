@@ -207,14 +207,8 @@ async def create_video(request: Request, owner: str = Depends(require_owner),
         r = resolve(manifest, gen)
     except InvalidRequest as exc:
         raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
-    stored_request = {  # what the worker rebuilds the GenerationRequest from (seed fixed here)
-        "prompt": body.prompt, "negative_prompt": r.negative_prompt, "num_frames": r.num_frames, "size": r.size,
-        "fps": r.fps, "num_inference_steps": r.num_inference_steps, "guidance_scale": r.guidance_scale,
-        "image_guidance_scale": r.image_guidance_scale, "guidance_oscillation": r.guidance_oscillation,
-        "seed": r.seed, "top_k": r.top_k, "routing": r.routing, "expert": r.expert,
-        "expert_schedule": r.expert_schedule}
     fields = {
-        "model": manifest.name, "prompt": body.prompt, "request": stored_request, "seed": r.seed,
+        "model": manifest.name, "prompt": body.prompt, "request": r.to_json(), "seed": r.seed,
         "num_frames": r.num_frames, "fps": r.fps, "size": r.size, "num_inference_steps": r.num_inference_steps,
         "seconds": f"{(r.num_frames - 1) / r.fps:g}" if r.num_frames > 1 else "0",
         "has_image": "1" if image is not None else "0"}

@@ -101,7 +101,7 @@ def main() -> None:
         by_wait[f"max_wait_{max_wait}"] = {
             "batched_per_video": round(loads, 3), "ratio": round(loads / seq_loads, 3),
             "wait_bound_ticks": max_wait + args.jobs - 1,
-            "max_waited_ticks": max(r.residency["max_waited_ticks"] for r in b_results.values())}
+            "max_waited_ticks": max(r.residency.max_waited_ticks for r in b_results.values())}
 
     forward_ms = expert_forward_ms(model, rows=sorted({1, 2, 4, 8, 2 * args.jobs}))
     print(json.dumps({

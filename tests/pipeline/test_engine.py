@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipeline.engine import Engine, Finished, Progress
-from pipeline.request import GenerationRequest
+from pipeline.request import GenerationRequest, resolve
 
 OTHERS = [
     GenerationRequest("a blue square growing", seed=21, routing="fixed", expert=1),
@@ -23,7 +23,7 @@ def run_all(engine: Engine, arrivals: dict[int, list[tuple[str, GenerationReques
     results, tick = {}, 0
     while engine.has_work or any(t >= tick for t in arrivals):
         for job_id, request in arrivals.get(tick, []):
-            engine.admit(job_id, request)
+            engine.admit(job_id, resolve(engine.model.manifest, request))
         for event in engine.tick():
             if isinstance(event, Finished):
                 results[event.job_id] = event.result
@@ -45,7 +45,7 @@ def test_frames_match_alone_and_batched_with_seven_others_at_other_steps(tiny_mo
 def test_every_active_request_advances_one_step_per_tick(tiny_model):
     engine = Engine(tiny_model, max_batch=3)
     for i in range(3):
-        engine.admit(f"j{i}", GenerationRequest("a red circle", seed=i))
+        engine.admit(f"j{i}", resolve(engine.model.manifest, GenerationRequest("a red circle", seed=i)))
     steps = {}
     for tick in range(4):
         for e in engine.tick():
@@ -57,7 +57,7 @@ def test_every_active_request_advances_one_step_per_tick(tiny_model):
 def test_branch_counts_two_for_t2v_one_at_guidance_one_three_for_i2v(tiny_model):
     def rows(request):
         engine = Engine(tiny_model)
-        engine.admit("j", request)
+        engine.admit("j", resolve(engine.model.manifest, request))
         engine.tick()
         return engine.stats.expert_rows
 
@@ -68,8 +68,8 @@ def test_branch_counts_two_for_t2v_one_at_guidance_one_three_for_i2v(tiny_model)
 
 def test_admit_refuses_when_full_and_cancel_frees_a_slot(tiny_model):
     engine = Engine(tiny_model, max_batch=1)
-    engine.admit("a", GenerationRequest("a red circle", seed=1))
+    engine.admit("a", resolve(engine.model.manifest, GenerationRequest("a red circle", seed=1)))
     with pytest.raises(RuntimeError):
-        engine.admit("b", GenerationRequest("a red circle", seed=1))
+        engine.admit("b", resolve(engine.model.manifest, GenerationRequest("a red circle", seed=1)))
     engine.tick()
     assert engine.cancel("a") and engine.free_slots == 1 and not engine.has_work

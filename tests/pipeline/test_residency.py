@@ -7,7 +7,7 @@ from torch import nn
 from pipeline.engine import Engine
 from pipeline.generate import run_jobs as drive
 from pipeline.loader import load_model
-from pipeline.request import GenerationRequest
+from pipeline.request import GenerationRequest, resolve
 from pipeline.residency import Residency
 
 
@@ -59,13 +59,13 @@ def test_budget_of_one_expert_batches_by_expert_with_fewer_loads(tiny_model_dir)
     batched_loads = batched_model.residency.stats.expert_loads()
     assert seq_loads == 6  # experts 0,1,2,0,1,2 one after another
     assert batched_loads == 3  # each expert once: its requests run together
-    assert all(r.residency["max_waited_ticks"] <= 8 + 6 - 1 for r in results.values())
+    assert all(r.residency.max_waited_ticks <= 8 + 6 - 1 for r in results.values())
 
 
 def test_waiting_does_not_change_the_result(tiny_model_dir):
     alone = drive(Engine(load_model(tiny_model_dir)), [("t", mixed(1))])["t"]
     results = drive(Engine(one_expert_model(tiny_model_dir), max_batch=4, max_wait=2), [(f"j{i}", mixed(i)) for i in range(4)])
-    assert results["j1"].residency["max_waited_ticks"] > 0  # it did wait
+    assert results["j1"].residency.max_waited_ticks > 0  # it did wait
     assert np.array_equal(alone.frames, results["j1"].frames)
 
 
@@ -73,7 +73,7 @@ def test_no_request_waits_beyond_the_bound_under_a_steady_stream(tiny_model_dir)
     max_wait, max_batch = 3, 4
     jobs = [(f"j{i}", mixed(i, steps=6)) for i in range(30)]
     results = drive(Engine(one_expert_model(tiny_model_dir), max_batch=max_batch, max_wait=max_wait), jobs)
-    waits = [r.residency["max_waited_ticks"] for r in results.values()]
+    waits = [r.residency.max_waited_ticks for r in results.values()]
     assert len(results) == 30
     assert max(waits) > 0  # contention happened
     assert max(waits) <= max_wait + max_batch - 1
@@ -85,9 +85,9 @@ def test_repeated_prompts_are_encoded_once(tiny_model):
     try:
         engine = Engine(tiny_model, max_batch=4)
         for i in range(3):
-            engine.admit(f"a{i}", GenerationRequest("a very repeated prompt", seed=i, num_inference_steps=1))
+            engine.admit(f"a{i}", resolve(engine.model.manifest, GenerationRequest("a very repeated prompt", seed=i, num_inference_steps=1)))
         engine.tick()
-        engine.admit("b", GenerationRequest("a very repeated prompt", seed=9, num_inference_steps=1))
+        engine.admit("b", resolve(engine.model.manifest, GenerationRequest("a very repeated prompt", seed=9, num_inference_steps=1)))
         engine.tick()
     finally:
         handle.remove()

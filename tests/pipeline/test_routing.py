@@ -6,7 +6,7 @@ import torch
 from pipeline.engine import Engine
 from pipeline.generate import run_jobs
 from pipeline.request import GenerationRequest
-from pipeline.routing import ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
+from pipeline.routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
 
 LOGITS = torch.tensor([0.0, 2.0, 1.0])
 PROBS = [math.exp(v) / sum(math.exp(x) for x in (0.0, 2.0, 1.0)) for v in (0.0, 2.0, 1.0)]
@@ -44,8 +44,13 @@ def test_trace_records_steps_and_shares():
     trace.record(0, 1.0, TopK(2).choose(0, LOGITS))
     trace.record(1, 0.5, FixedExpert(0).choose(1))
     assert trace.steps[1] == {"step": 1, "t": 0.5, "experts": [0], "weights": [1.0]}
-    share = trace.expert_share(3)
-    assert sum(share) == pytest.approx(1.0, abs=1e-3) and share[0] == pytest.approx(0.5, abs=1e-3)
+    trace.record(2, 0.25, Choice((1, 2), (0.75, 0.25)))
+    summary = trace.summary(3)
+    # by hand: step 0 runs experts 1 and 2 (top-2 of LOGITS), step 1 expert 0, step 2 experts 1 and 2
+    w1, w2 = math.e**2 / (math.e**2 + math.e), math.e / (math.e**2 + math.e)
+    assert summary.step_share == [round(1 / 3, 4), round(2 / 3, 4), round(2 / 3, 4)]
+    assert summary.weight_share == pytest.approx([1 / 3, (w1 + 0.75) / 3, (w2 + 0.25) / 3], abs=1e-4)
+    assert sum(summary.weight_share) == pytest.approx(1.0, abs=1e-3)
 
 
 def run(model, request):

@@ -33,8 +33,8 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     assert video.progress == 100
     extra = video.model_extra
     assert extra["seed"] == 7 and extra["num_frames"] == 5 and video.size == "64x32"
-    assert set(extra["routing"]["expert_share"]) == {"0", "1", "2"}
-    assert abs(sum(extra["routing"]["expert_share"].values()) - 1.0) < 1e-3  # top_k=1: one expert per step
+    assert set(extra["routing"]["step_share"]) == {"0", "1", "2"}
+    assert abs(sum(extra["routing"]["step_share"].values()) - 1.0) < 1e-3  # top_k=1: one expert per step
     assert abs(sum(extra["routing"]["weight_share"].values()) - 1.0) < 1e-3
     moved = extra["residency"]  # weight movement while the job ran (lazy loads happen on the first job)
     assert moved["expert_loads_while_running"] >= 0 and moved["max_waited_ticks"] == 0

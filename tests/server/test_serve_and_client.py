@@ -69,7 +69,7 @@ def test_sync_client(served, tmp_path):
         trace = c.trace(v["id"])
         assert [s["experts"] for s in trace["steps"]] == [[2], [0]]  # the schedule bypassed the router
         assert v["routing"]["policy"] == "schedule"
-        assert v["routing"]["expert_share"] == {"0": 0.5, "1": 0.0, "2": 0.5}
+        assert v["routing"]["step_share"] == v["routing"]["expert_share"] == {"0": 0.5, "1": 0.0, "2": 0.5}
         path = c.download(v["id"], tmp_path / "s.mp4")
         assert read_mp4(path)[0].shape[0] == 9
         with pytest.raises(ParisError) as err:
