@@ -28,6 +28,15 @@ class Component(BaseModel):
         return v
 
 
+def expert_key(index: int) -> str:
+    """The registry name of expert `index` (residency, engine, loader and verify use it)."""
+    return f"expert_{index}"
+
+
+def is_expert_key(name: str) -> bool:
+    return name.startswith("expert_")
+
+
 class Components(BaseModel):
     model_config = ConfigDict(extra="forbid")
     t5: Component
@@ -36,6 +45,15 @@ class Components(BaseModel):
     vae: Component
     router: Component
     experts: list[Component] = Field(min_length=1)
+
+    def named(self) -> dict[str, Component]:
+        """Every component under its registry name: t5, clip, dinov2 (if any), vae, router,
+        expert_0, expert_1, ..."""
+        named = {"t5": self.t5, "clip": self.clip, "vae": self.vae, "router": self.router}
+        if self.dinov2 is not None:
+            named["dinov2"] = self.dinov2
+        named.update({expert_key(i): e for i, e in enumerate(self.experts)})
+        return named
 
 
 class SamplingDefaults(BaseModel):
