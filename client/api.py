@@ -5,6 +5,9 @@
         video = c.create("a red circle moving left", image="first.png")
         video = c.wait(video["id"], on_update=print)
         c.download(video["id"], "out.mp4")
+
+`AsyncParisClient` has the same methods, to be awaited. Each operation is written once (in
+`_Operations`) as a `Call`, a request not yet sent; the two clients differ only in how they send.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import asyncio
 import mimetypes
 import os
 import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Awaitable, Callable, Generic, TypeVar
 
 import httpx
 
@@ -31,13 +36,26 @@ class ParisError(RuntimeError):
         super().__init__(f"{status} {error.get('code')}{where}: {error.get('message')}")
 
 
-def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code >= 400:
-        try:
-            err = resp.json().get("error") or {}
-        except ValueError:
-            err = {"message": resp.text}
-        raise ParisError(resp.status_code, err)
+def finished(video: dict) -> bool:
+    return video.get("status") in ("completed", "failed")
+
+
+# ---- requests: what to send ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to the server, described before it is sent."""
+
+    method: str
+    url: str
+    params: dict[str, Any] | None = None
+    data: dict[str, str] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    headers: dict[str, str] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for httpx's `request` and `stream` (sync and async alike)."""
+        return {"method": self.method, "url": self.url, "params": self.params, "data": self.data,
+                "files": self.files, "headers": self.headers}
 
 
 def _form(prompt: str, params: dict[str, Any]) -> dict[str, str]:
@@ -49,7 +67,7 @@ def _form(prompt: str, params: dict[str, Any]) -> dict[str, str]:
     return data
 
 
-def _files(image: str | Path | bytes | None):
+def _files(image: str | Path | bytes | None) -> dict[str, tuple[str, bytes, str]] | None:
     if image is None:
         return None
     if isinstance(image, (bytes, bytearray)):
@@ -59,18 +77,113 @@ def _files(image: str | Path | bytes | None):
                                 "application/octet-stream")}
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def _http_options(server: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    """Arguments for httpx.Client and httpx.AsyncClient."""
+    api_key = api_key or os.environ.get("PARIS_API_KEY")
+    return {"base_url": server.rstrip("/"), "timeout": timeout,
+            "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {}}
 
 
-def finished(video: dict) -> bool:
-    return video.get("status") in ("completed", "failed")
+# ---- responses: what came back ---------------------------------------------------------------------
+def _check(resp: httpx.Response) -> None:
+    """Raises ParisError (the server's error envelope) for a 4xx/5xx; the body must have been read."""
+    if resp.is_error:
+        try:
+            err = resp.json().get("error") or {}
+        except ValueError:
+            err = {"message": resp.text}
+        raise ParisError(resp.status_code, err)
 
 
-class ParisClient:
+def _result(resp: httpx.Response) -> dict:
+    _check(resp)
+    return resp.json()
+
+
+def _open_output(resp: httpx.Response, out: Path) -> IO[bytes]:
+    """The file a download is written to, once the response is known to be a success."""
+    _check(resp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return open(out, "wb")
+
+
+class _Poll:
+    """One `wait`: after each retrieve, either the video has finished, or how long to sleep before
+    the next retrieve (the caller's poll_s, else the server's openai-poll-after-ms)."""
+
+    def __init__(self, video_id: str, on_update: Callable[[dict], None] | None, poll_s: float | None,
+                 timeout_s: float | None):
+        self.call = Call("GET", f"/v1/videos/{video_id}")
+        self.on_update, self.poll_s, self.timeout_s = on_update, poll_s, timeout_s
+        self.start = time.monotonic()
+        self.video: dict = {}
+
+    def delay(self, resp: httpx.Response) -> float | None:
+        """Seconds to sleep, or None once `self.video` has finished; TimeoutError past timeout_s."""
+        self.video = _result(resp)
+        if self.on_update:
+            self.on_update(self.video)
+        if finished(self.video):
+            return None
+        if self.timeout_s is not None and time.monotonic() - self.start > self.timeout_s:
+            raise TimeoutError(f"{self.video['id']} still {self.video['status']} after {self.timeout_s} s")
+        return self.poll_s if self.poll_s is not None else int(resp.headers.get("openai-poll-after-ms", 1000)) / 1000
+
+
+# ---- the operations, once; the clients only send ---------------------------------------------------
+JSON = TypeVar("JSON")  # dict for ParisClient, Awaitable[dict] for AsyncParisClient
+FILE = TypeVar("FILE")  # Path for ParisClient, Awaitable[Path] for AsyncParisClient
+
+
+class _Operations(ABC, Generic[JSON, FILE]):
+    @abstractmethod
+    def _send(self, call: Call) -> JSON:
+        """The response's JSON, or ParisError."""
+
+    @abstractmethod
+    def _wait(self, poll: _Poll) -> JSON:
+        """Retrieve and sleep as `poll` says; the finished video."""
+
+    @abstractmethod
+    def _download(self, call: Call, out: Path) -> FILE:
+        """Stream the response body into `out`; `out`, or ParisError."""
+
+    def create(self, prompt: str, image: str | Path | bytes | None = None, idempotency_key: str | None = None,
+               **params) -> JSON:
+        """params: size, num_frames, seconds, seed, num_inference_steps, guidance_scale, fps, top_k,
+        negative_prompt, expert_schedule (list of ints), model."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._send(Call("POST", "/v1/videos", data=_form(prompt, params), files=_files(image), headers=headers))
+
+    def retrieve(self, video_id: str) -> JSON:
+        return self._send(Call("GET", f"/v1/videos/{video_id}"))
+
+    def list(self, **query) -> JSON:
+        """query: after, limit, order."""
+        return self._send(Call("GET", "/v1/videos", params={k: v for k, v in query.items() if v is not None}))
+
+    def cancel(self, video_id: str) -> JSON:
+        return self._send(Call("POST", f"/v1/videos/{video_id}/cancel"))
+
+    def delete(self, video_id: str) -> JSON:
+        return self._send(Call("DELETE", f"/v1/videos/{video_id}"))
+
+    def trace(self, video_id: str) -> JSON:
+        return self._send(Call("GET", f"/v1/videos/{video_id}/trace"))
+
+    def wait(self, video_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float | None = None,
+             timeout_s: float | None = None) -> JSON:
+        """Poll until the video is completed or failed; on_update sees every retrieved video."""
+        return self._wait(_Poll(video_id, on_update, poll_s, timeout_s))
+
+    def download(self, video_id: str, out: str | Path, variant: str = "video") -> FILE:
+        """variant: video (MP4), thumbnail or spritesheet (PNG)."""
+        return self._download(Call("GET", f"/v1/videos/{video_id}/content", params={"variant": variant}), Path(out))
+
+
+class ParisClient(_Operations[dict, Path]):
     def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0):
-        self.http = httpx.Client(base_url=server.rstrip("/"), headers=_headers(api_key or os.environ.get("PARIS_API_KEY")),
-                                 timeout=timeout)
+        self.http = httpx.Client(**_http_options(server, api_key, timeout))
 
     def __enter__(self):
         return self
@@ -81,72 +194,27 @@ class ParisClient:
     def close(self) -> None:
         self.http.close()
 
-    def create(self, prompt: str, image: str | Path | bytes | None = None, idempotency_key: str | None = None,
-               **params) -> dict:
-        """params: size, num_frames, seconds, seed, num_inference_steps, guidance_scale, fps, top_k,
-        negative_prompt, expert_schedule (list of ints), model."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        resp = self.http.post("/v1/videos", data=_form(prompt, params), files=_files(image), headers=headers)
-        _raise_for(resp)
-        return resp.json()
+    def _send(self, call: Call) -> dict:
+        return _result(self.http.request(**call.options()))
 
-    def retrieve(self, video_id: str) -> dict:
-        resp = self.http.get(f"/v1/videos/{video_id}")
-        _raise_for(resp)
-        return resp.json()
+    def _wait(self, poll: _Poll) -> dict:
+        while (delay := poll.delay(self.http.request(**poll.call.options()))) is not None:
+            time.sleep(delay)
+        return poll.video
 
-    def list(self, **query) -> dict:
-        resp = self.http.get("/v1/videos", params={k: v for k, v in query.items() if v is not None})
-        _raise_for(resp)
-        return resp.json()
-
-    def cancel(self, video_id: str) -> dict:
-        resp = self.http.post(f"/v1/videos/{video_id}/cancel")
-        _raise_for(resp)
-        return resp.json()
-
-    def delete(self, video_id: str) -> dict:
-        resp = self.http.delete(f"/v1/videos/{video_id}")
-        _raise_for(resp)
-        return resp.json()
-
-    def trace(self, video_id: str) -> dict:
-        resp = self.http.get(f"/v1/videos/{video_id}/trace")
-        _raise_for(resp)
-        return resp.json()
-
-    def wait(self, video_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float | None = None,
-             timeout_s: float | None = None) -> dict:
-        start = time.time()
-        while True:
-            resp = self.http.get(f"/v1/videos/{video_id}")
-            _raise_for(resp)
-            video = resp.json()
-            if on_update:
-                on_update(video)
-            if finished(video):
-                return video
-            if timeout_s is not None and time.time() - start > timeout_s:
-                raise TimeoutError(f"{video_id} still {video['status']} after {timeout_s} s")
-            time.sleep(poll_s if poll_s is not None else int(resp.headers.get("openai-poll-after-ms", 1000)) / 1000)
-
-    def download(self, video_id: str, out: str | Path, variant: str = "video") -> Path:
-        out = Path(out)
-        with self.http.stream("GET", f"/v1/videos/{video_id}/content", params={"variant": variant}) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                _raise_for(resp)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "wb") as f:
+    def _download(self, call: Call, out: Path) -> Path:
+        with self.http.stream(**call.options()) as resp:
+            if resp.is_error:
+                resp.read()  # the error envelope, for ParisError
+            with _open_output(resp, out) as f:
                 for chunk in resp.iter_bytes():
                     f.write(chunk)
         return out
 
 
-class AsyncParisClient:
+class AsyncParisClient(_Operations[Awaitable[dict], Awaitable[Path]]):
     def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0):
-        self.http = httpx.AsyncClient(base_url=server.rstrip("/"),
-                                      headers=_headers(api_key or os.environ.get("PARIS_API_KEY")), timeout=timeout)
+        self.http = httpx.AsyncClient(**_http_options(server, api_key, timeout))
 
     async def __aenter__(self):
         return self
@@ -157,51 +225,19 @@ class AsyncParisClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def create(self, prompt: str, image: str | Path | bytes | None = None, idempotency_key: str | None = None,
-                     **params) -> dict:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        resp = await self.http.post("/v1/videos", data=_form(prompt, params), files=_files(image), headers=headers)
-        _raise_for(resp)
-        return resp.json()
+    async def _send(self, call: Call) -> dict:
+        return _result(await self.http.request(**call.options()))
 
-    async def retrieve(self, video_id: str) -> dict:
-        resp = await self.http.get(f"/v1/videos/{video_id}")
-        _raise_for(resp)
-        return resp.json()
+    async def _wait(self, poll: _Poll) -> dict:
+        while (delay := poll.delay(await self.http.request(**poll.call.options()))) is not None:
+            await asyncio.sleep(delay)
+        return poll.video
 
-    async def cancel(self, video_id: str) -> dict:
-        resp = await self.http.post(f"/v1/videos/{video_id}/cancel")
-        _raise_for(resp)
-        return resp.json()
-
-    async def delete(self, video_id: str) -> dict:
-        resp = await self.http.delete(f"/v1/videos/{video_id}")
-        _raise_for(resp)
-        return resp.json()
-
-    async def wait(self, video_id: str, on_update: Callable[[dict], None] | None = None,
-                   poll_s: float | None = None, timeout_s: float | None = None) -> dict:
-        start = time.time()
-        while True:
-            resp = await self.http.get(f"/v1/videos/{video_id}")
-            _raise_for(resp)
-            video = resp.json()
-            if on_update:
-                on_update(video)
-            if finished(video):
-                return video
-            if timeout_s is not None and time.time() - start > timeout_s:
-                raise TimeoutError(f"{video_id} still {video['status']} after {timeout_s} s")
-            await asyncio.sleep(poll_s if poll_s is not None else int(resp.headers.get("openai-poll-after-ms", 1000)) / 1000)
-
-    async def download(self, video_id: str, out: str | Path, variant: str = "video") -> Path:
-        out = Path(out)
-        async with self.http.stream("GET", f"/v1/videos/{video_id}/content", params={"variant": variant}) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                _raise_for(resp)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "wb") as f:
+    async def _download(self, call: Call, out: Path) -> Path:
+        async with self.http.stream(**call.options()) as resp:
+            if resp.is_error:
+                await resp.aread()  # the error envelope, for ParisError
+            with _open_output(resp, out) as f:
                 async for chunk in resp.aiter_bytes():
                     f.write(chunk)
         return out
