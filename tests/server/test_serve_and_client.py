@@ -1,7 +1,6 @@
-"""`paris serve` (API + worker + embedded Valkey in one command), `paris submit`, and the
-sync/async Python clients."""
+"""`paris serve` (API + worker + embedded Valkey in one command) and `paris submit` (the sync
+client behind a progress bar). The Python clients themselves: test_client.py."""
 
-import asyncio
 import subprocess
 import sys
 
@@ -9,7 +8,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from client.api import AsyncParisClient, ParisClient, ParisError
 from pipeline.video import read_mp4
 
 from .harness import REPO, Proc, free_port, wait_until
@@ -57,36 +55,3 @@ def test_paris_submit_reports_errors(served):
     p = subprocess.run([sys.executable, "-m", "client.cli", "submit", "x", "--size", "7x7", "--server", url,
                         "--out", str(tmp / "never.mp4")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "size" in p.stderr
-
-
-def test_sync_client(served, tmp_path):
-    url, _ = served
-    with ParisClient(url) as c:
-        v = c.create("a red circle", num_inference_steps=2, seed=3, expert_schedule=[2, 0])
-        updates = []
-        v = c.wait(v["id"], on_update=updates.append, poll_s=0.05)
-        assert v["status"] == "completed" and updates
-        trace = c.trace(v["id"])
-        assert [s["experts"] for s in trace["steps"]] == [[2], [0]]  # the schedule bypassed the router
-        assert v["routing"]["policy"] == "schedule"
-        assert v["routing"]["step_share"] == v["routing"]["expert_share"] == {"0": 0.5, "1": 0.0, "2": 0.5}
-        path = c.download(v["id"], tmp_path / "s.mp4")
-        assert read_mp4(path)[0].shape[0] == 9
-        with pytest.raises(ParisError) as err:
-            c.create("a", num_frames=10)
-        assert err.value.status == 400 and err.value.param == "num_frames"
-        assert c.delete(v["id"])["deleted"] is True
-
-
-def test_async_client(served, tmp_path):
-    url, _ = served
-
-    async def run():
-        async with AsyncParisClient(url) as c:
-            jobs = await asyncio.gather(*[c.create(f"a green circle {i}", num_inference_steps=2) for i in range(3)])
-            done = await asyncio.gather(*[c.wait(j["id"], poll_s=0.05) for j in jobs])
-            assert all(d["status"] == "completed" for d in done)
-            path = await c.download(done[0]["id"], tmp_path / "a.mp4")
-            return read_mp4(path)[0].shape
-
-    assert asyncio.run(run()) == (9, 32, 32, 3)
