@@ -36,8 +36,6 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     assert set(extra["routing"]["step_share"]) == {"0", "1", "2"}
     assert abs(sum(extra["routing"]["step_share"].values()) - 1.0) < 1e-3  # top_k=1: one expert per step
     assert abs(sum(extra["routing"]["weight_share"].values()) - 1.0) < 1e-3
-    moved = extra["residency"]  # weight movement while the job ran (lazy loads happen on the first job)
-    assert moved["expert_loads_while_running"] >= 0 and moved["max_waited_ticks"] == 0
     content = sdk.videos.download_content(video.id)
     path = tmp_path / "out.mp4"
     content.write_to_file(path)
@@ -52,6 +50,11 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     trace = httpx.get(f"{stack.url}/v1/videos/{video.id}/trace").json()
     assert len(trace["steps"]) == extra["num_inference_steps"]
     assert {"step", "experts", "weights"} <= set(trace["steps"][0])
+    # weight movement while the job ran: the worker's first job, with no memory budget, loads each
+    # expert it routed to once, lazily, and none is evicted
+    moved = extra["residency"]
+    used = {e for step in trace["steps"] for e in step["experts"]}
+    assert moved["expert_loads_while_running"] == len(used) and moved["max_waited_ticks"] == 0
 
     # retrieve / list / Range
     got = sdk.videos.retrieve(video.id)
