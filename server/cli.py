@@ -109,7 +109,7 @@ def _run_api(settings: Settings, url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
-                         "model": app.state.manifest.name, "auth": app.state.keys.enabled}))
+                         "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
