@@ -161,10 +161,10 @@ class Worker:
                 self.artifacts.remove(c.job_id)
             _event("fenced_out", job=c.job_id, worker=self.id, fence=c.fence, stage="complete")
             return
-        self.store.metrics.count_routing(result.trace)
         seconds = time.time() - job.started
-        self.store.metrics.observe("paris_job_seconds", seconds, JOB_BUCKETS)
         _event("job_completed", job=c.job_id, worker=self.id, fence=c.fence, seconds=round(seconds, 3))
+        self.store.metrics.count_routing(result.trace)
+        self.store.metrics.observe("paris_job_seconds", seconds, JOB_BUCKETS)
 
     def _handle(self, event: Event) -> None:
         with self.lock:
