@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import Request
-
 from .errors import APIError
 
 PUBLIC_OWNER = "public"
@@ -33,19 +31,16 @@ class KeyRing:
                 match = d
         return match[:24] if match else None
 
-
-def require_owner(request: Request) -> str:
-    """FastAPI dependency: the caller's owner id, or 401."""
-    ring: KeyRing = request.app.state.keys
-    if not ring.enabled:
-        return PUBLIC_OWNER
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(401, "Missing API key. Send 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    owner = ring.owner_for(token.strip())
-    if owner is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
-    return owner
+    def owner(self, authorization: str | None) -> str:
+        """The owner of the key in an `Authorization: Bearer KEY` header, or 401."""
+        if not self.enabled:
+            return PUBLIC_OWNER
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise APIError(401, "Missing API key. Send 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        owner = self.owner_for(token.strip())
+        if owner is None:
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return owner

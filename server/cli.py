@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .settings import Settings
@@ -19,15 +21,48 @@ log = logging.getLogger("paris.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets one Settings field."""
+
+    name: str
+    field: str
+    type: Callable[[str], object] = str
+    help: str | None = None
+
+
+# Settings that `paris worker` reads: `paris serve` forwards each one that is set to its worker.
+QUEUE_FLAGS = (
+    Flag("--job-ttl", "job_ttl_s", int, "seconds finished jobs and files are kept"),
+    Flag("--lease-ms", "lease_ms", int, "job lease; a job whose worker stops renewing it for this long is taken "
+         "over by another worker"),
+    Flag("--max-attempts", "max_attempts", int, "times a job is started before it fails"),
+)
+WORKER_FLAGS = (
+    Flag("--device", "device", str, "torch device for the worker (default cpu)"),
+    Flag("--max-batch", "max_batch", int, "requests denoised together (worker capacity)"),
+    Flag("--device-memory", "device_memory", str, "device memory for weights: e.g. 40GiB, or a fraction of free "
+         "memory such as 0.8 (default: no limit); experts beyond it move in and out"),
+    Flag("--threads", "threads", int, "torch CPU threads for the worker (default: torch's choice); 1 avoids thread "
+         "stalls on a shared CPU"),
+    Flag("--max-wait", "max_wait", int, "ticks a request may wait for its expert before it is served first "
+         "(default 24)"),
+    Flag("--worker-id", "worker_id"),
+    Flag("--tick-delay", "tick_delay_s", float, "sleep after each step (debugging)"),
+)
+
+
+def _add(p: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
+    for flag in flags:
+        p.add_argument(flag.name, dest=flag.field, type=flag.type, help=flag.help)
+
+
 def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
     p.add_argument("--model", help="model folder (default weights/paris-mini; env PARIS_MODEL)")
     p.add_argument("--redis-url", help="Redis >= 7.2 / Valkey URL; omitted: embedded Valkey with AOF in --data-dir")
     p.add_argument("--data-dir", type=Path, help="embedded Valkey data and default artifact dir (default .paris)")
     p.add_argument("--artifact-dir", type=Path, help="shared artifact directory (default DATA_DIR/artifacts)")
-    p.add_argument("--job-ttl", dest="job_ttl_s", type=int, help="seconds finished jobs and files are kept")
-    p.add_argument("--lease-ms", dest="lease_ms", type=int, help="job lease; a job whose worker stops renewing "
-                   "it for this long is taken over by another worker")
-    p.add_argument("--max-attempts", type=int, help="times a job is started before it fails")
+    _add(p, QUEUE_FLAGS)
     p.add_argument("--log-level", default="INFO")
     if http:
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -39,16 +74,7 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         p.add_argument("--max-upload-bytes", type=int)
         p.add_argument("--max-active-jobs-per-key", type=int)
     if worker:
-        p.add_argument("--device", help="torch device for the worker (default cpu)")
-        p.add_argument("--max-batch", type=int, help="requests denoised together (worker capacity)")
-        p.add_argument("--device-memory", help="device memory for weights: e.g. 40GiB, or a fraction of free memory "
-                       "such as 0.8 (default: no limit); experts beyond it move in and out")
-        p.add_argument("--threads", type=int, help="torch CPU threads for the worker (default: torch's choice); "
-                       "1 avoids thread stalls on a shared CPU")
-        p.add_argument("--max-wait", type=int, help="ticks a request may wait for its expert before it is served "
-                       "first (default 24)")
-        p.add_argument("--worker-id")
-        p.add_argument("--tick-delay", dest="tick_delay_s", type=float, help="sleep after each step (debugging)")
+        _add(p, WORKER_FLAGS)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -109,7 +135,7 @@ def _run_api(settings: Settings, url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
-                         "model": app.state.manifest.name, "auth": app.state.keys.enabled}))
+                         "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
@@ -142,11 +168,10 @@ def cmd_worker(args) -> int:
 def _worker_argv(args, settings: Settings, url: str) -> list[str]:
     argv = [sys.executable, "-m", "client.cli", "worker", "--redis-url", url, "--model", str(settings.model),
             "--artifact-dir", str(settings.resolved_artifact_dir().resolve()), "--log-level", args.log_level]
-    for flag, key in [("--device", "device"), ("--max-batch", "max_batch"), ("--lease-ms", "lease_ms"),
-                      ("--max-attempts", "max_attempts"), ("--job-ttl", "job_ttl_s"), ("--tick-delay", "tick_delay_s"),
-                      ("--device-memory", "device_memory"), ("--max-wait", "max_wait"), ("--threads", "threads")]:
-        if getattr(settings, key) is not None:
-            argv += [flag, str(getattr(settings, key))]
+    for flag in QUEUE_FLAGS + WORKER_FLAGS:
+        value = getattr(settings, flag.field)
+        if value is not None:
+            argv += [flag.name, str(value)]
     return argv
 
 

@@ -1,5 +1,7 @@
 """The OpenAI error envelope: {"error": {"message", "type", "param", "code"}} for every failure."""
 
+from collections.abc import Mapping, Sequence
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,6 +19,8 @@ _TYPES = {
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
+
+_LOCATIONS = ("body", "query", "path", "header")  # FastAPI's first loc item: where, not which parameter
 
 
 class APIError(Exception):
@@ -44,6 +48,17 @@ def not_found(video_id: str) -> APIError:
     return APIError(404, f"No video found with id '{video_id}'.", param="video_id", code="video_not_found")
 
 
+def validation_error(errors: Sequence[Mapping]) -> APIError:
+    """The first of pydantic's (or FastAPI's) validation errors as a 400 naming the parameter."""
+    err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(p) for p in err.get("loc", ()) if p not in _LOCATIONS) or None
+    if err.get("type") == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if err.get("type") == "extra_forbidden":
+        return APIError(400, f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    return APIError(400, f"Invalid value for '{param}': {err.get('msg')}.", param=param, code="invalid_value")
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -51,10 +66,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        param = ".".join(loc) or None
-        return error_response(400, f"Invalid value for '{param}': {err.get('msg')}", param, "invalid_value")
+        error = validation_error(exc.errors())
+        return error_response(error.status, error.message, error.param, error.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -1,16 +1,78 @@
-"""Prometheus metrics. Workers write counters and histograms into Redis (so every process on
-every machine contributes); the API's /metrics reads them at scrape time."""
+"""Prometheus metrics. Every process writes counters and histograms into one Redis hash (so every
+worker on every machine contributes); the API's /metrics reads them at scrape time."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .jobs import JobStatus
+
+if TYPE_CHECKING:
+    from pipeline.residency import ResidencyStats
+    from pipeline.routing import RoutingTrace
+
+    from .store import JobStore
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
+class Metrics:
+    """Counters and histograms in a Redis hash, one field per `name|label`."""
+
+    def __init__(self, client: redis.Redis, key: str):
+        self.redis = client
+        self.key = key
+
+    def count(self, name: str, label: str = "", by: float = 1) -> None:
+        try:
+            self.redis.hincrbyfloat(self.key, f"{name}|{label}", by)
+        except redis.RedisError:
+            pass  # a lost count must not fail the job it counts
+
+    def observe(self, name: str, seconds: float, buckets: tuple[float, ...]) -> None:
+        pipe = self.redis.pipeline()
+        for b in buckets:
+            if seconds <= b:
+                pipe.hincrbyfloat(self.key, f"{name}_bucket|{b}", 1)
+        pipe.hincrbyfloat(self.key, f"{name}_count|", 1)
+        pipe.hincrbyfloat(self.key, f"{name}_sum|", seconds)
+        pipe.execute()
+
+    def count_routing(self, trace: RoutingTrace) -> None:
+        """One `expert_steps_total` per expert per step it ran in (the expert load)."""
+        for step in trace.steps:
+            for expert in step["experts"]:
+                self.count("expert_steps_total", str(expert))
+
+    def values(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.redis.hgetall(self.key).items()}
+
+
+class WeightMoves:
+    """Adds a worker's weight traffic to the shared counters: the residency manager keeps running
+    totals, so each call adds what is new since the last one."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self._counted: dict[tuple[str, str], float] = {}
+
+    def add(self, stats: ResidencyStats) -> None:
+        totals = {("component_loads_total", name): n for name, n in stats.device_loads.items()}
+        totals["bytes_to_device_total", ""] = stats.bytes_to_device
+        totals["bytes_from_disk_total", ""] = stats.bytes_from_disk
+        for (name, label), total in totals.items():
+            delta = total - self._counted.get((name, label), 0)
+            if delta:
+                self.metrics.count(name, label, delta)
+                self._counted[name, label] = total
+
+
 class RedisCollector:
-    def __init__(self, store, heartbeat_ttl_s: float):
+    def __init__(self, store: JobStore, heartbeat_ttl_s: float):
         self.store = store
         self.heartbeat_ttl_s = heartbeat_ttl_s
 
@@ -24,19 +86,19 @@ class RedisCollector:
     def collect(self):
         s = self.store
         try:
-            values = s.metrics()
+            values = s.metrics.values()
             depth = s.queue_depth()
             try:
-                running = s.r.xpending(s.stream, "workers")["pending"]
-            except Exception:
+                running = s.running_count()
+            except redis.RedisError:  # no consumer group yet
                 running = 0
             workers = s.fresh_workers(self.heartbeat_ttl_s)
-        except Exception:
+        except redis.RedisError:
             return
         yield GaugeMetricFamily("paris_queue_depth", "Jobs queued and not yet started", value=depth)
         g = GaugeMetricFamily("paris_jobs", "Jobs by current status (active ones)", labels=["status"])
-        g.add_metric(["queued"], depth)
-        g.add_metric(["in_progress"], running)
+        g.add_metric([JobStatus.QUEUED], depth)
+        g.add_metric([JobStatus.IN_PROGRESS], running)
         yield g
         yield GaugeMetricFamily("paris_workers_alive", "Workers with a fresh heartbeat", value=workers)
         c = CounterMetricFamily("paris_jobs_created", "Jobs accepted by the API")

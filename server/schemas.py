@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.request import RoutingMode
 
+from .jobs import Job, JobStatus
+
 
 class CreateVideo(BaseModel):
     """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
@@ -53,7 +55,7 @@ class Video(BaseModel):
     completed_at: int | None = None
     expires_at: int | None = None
     model: str
-    status: Literal["queued", "in_progress", "completed", "failed"]
+    status: JobStatus
     progress: int
     prompt: str | None = None
     seconds: str
@@ -73,6 +75,16 @@ class Video(BaseModel):
                                                            "full per-step trace at /v1/videos/{id}/trace")
     residency: dict | None = Field(default=None, description="expert loads and weight bytes moved to the device while "
                                                              "this job ran, and the most ticks it waited for its expert")
+
+    @classmethod
+    def from_job(cls, job: Job, queue_position: int | None = None) -> "Video":
+        error = VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        return cls(id=job.id, created_at=job.created_at, completed_at=job.completed_at, expires_at=job.expires_at,
+                   model=job.model, status=job.status, progress=job.progress, prompt=job.prompt,
+                   seconds=f"{job.seconds:g}", size=job.size, error=error, seed=job.seed, num_frames=job.num_frames,
+                   fps=job.fps, num_inference_steps=job.num_inference_steps, step=job.step, attempts=job.attempts,
+                   queue_position=queue_position, image_to_video=job.has_image, routing=job.routing,
+                   residency=job.residency)
 
 
 class VideoList(BaseModel):

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter, Depends
 
-from ..auth import require_owner
+from ..dependencies import require_owner
 from ..errors import APIError
 
-router = APIRouter(prefix="/v1", tags=["unsupported"])
+router = APIRouter(prefix="/v1", tags=["unsupported"], dependencies=[Depends(require_owner)])
 
 
 def _unsupported(what: str):
@@ -13,25 +13,25 @@ def _unsupported(what: str):
 
 
 @router.post("/videos/edits")
-def edits(owner: str = Depends(require_owner)):
+def edits():
     _unsupported("Video edits")
 
 
 @router.post("/videos/extensions")
-def extensions(owner: str = Depends(require_owner)):
+def extensions():
     _unsupported("Video extensions")
 
 
 @router.post("/videos/characters")
-def create_character(owner: str = Depends(require_owner)):
+def create_character():
     _unsupported("Video characters")
 
 
 @router.get("/videos/characters/{character_id}")
-def get_character(character_id: str, owner: str = Depends(require_owner)):
+def get_character(character_id: str):
     _unsupported("Video characters")
 
 
 @router.post("/videos/{video_id}/remix")
-def remix(video_id: str, owner: str = Depends(require_owner)):
+def remix(video_id: str):
     _unsupported("Video remix")

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from server.jobs import Job, Keys
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -133,8 +135,10 @@ class Stack:
             url = f"redis://127.0.0.1:{port}"
         return redis.Redis.from_url(url, decode_responses=True)
 
-    def job(self, job_id: str) -> dict:
-        return self.redis().hgetall(f"{self.prefix}:job:{job_id}")
+    def job(self, job_id: str) -> Job | None:
+        """The job's record as the server reads it (None once deleted)."""
+        data = self.redis().hgetall(Keys(self.prefix).job(job_id))
+        return Job.from_hash(data) if data else None
 
     def stop(self) -> None:
         for w in self.workers:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from pipeline.video import read_mp4
+from server.jobs import GROUP, JobStatus, Keys
 
 from .harness import wait_until
 
@@ -25,12 +26,12 @@ def create(stack, steps=14):
 def running_at(stack, job_id, step):
     def check():
         j = stack.job(job_id)
-        return j if j.get("status") == "in_progress" and int(j.get("step", 0)) >= step else None
+        return j if j.status is JobStatus.IN_PROGRESS and j.step >= step else None
     return wait_until(check, 60, 0.05, f"{job_id} running at step {step}")
 
 
 def completed(stack, job_id, timeout=60):
-    return wait_until(lambda: (lambda j: j if j.get("status") in ("completed", "failed") else None)(stack.job(job_id)),
+    return wait_until(lambda: (lambda j: j if j.status.finished else None)(stack.job(job_id)),
                       timeout, 0.1, f"{job_id} finished")
 
 
@@ -55,22 +56,25 @@ def test_kill9_worker_mid_job_other_worker_completes_once(stack, tmp_path):
     for w in (a, b):
         wait_until(lambda w=w: any(e["event"] == "worker_started" for e in w.events()), 90, 0.1, "worker start")
     job_id = create(stack)
-    victim_name = running_at(stack, job_id, 2)["worker"]
+    victim_name = running_at(stack, job_id, 2).worker
     victim = by_name(stack, victim_name)
     survivor = b if victim is a else a
     victim.signal(signal.SIGKILL)
     victim.p.wait(5)
 
     job = completed(stack, job_id)
-    assert job["status"] == "completed", job
-    assert job["attempts"] == "2" and job["artifact_fence"] == job["fence"] == "2"
+    assert job.status is JobStatus.COMPLETED, job
+    assert job.attempts == 2 and job.artifact_fence == job.fence == 2
     assert any(e["event"] == "job_claimed" and e["job"] == job_id and e["how"] == "reclaim"
                for e in survivor.events())
     # exactly one result: one attempt directory, one completion, nothing left pending in the group
     assert result_dirs(stack, job_id) == ["r2"]
-    assert sum(1 for e in survivor.events() if e["event"] == "job_completed" and e["job"] == job_id) == 1
+    def completions():  # the worker logs just after the record says completed
+        return sum(1 for e in survivor.events() if e["event"] == "job_completed" and e["job"] == job_id)
+    wait_until(completions, 10, 0.05, "the survivor's job_completed line")
+    assert completions() == 1
     r = stack.redis()
-    assert r.xpending(f"{stack.prefix}:jobs", "workers")["pending"] == 0
+    assert r.xpending(Keys(stack.prefix).stream, GROUP)["pending"] == 0
     out = tmp_path / "v.mp4"
     out.write_bytes(httpx.get(f"{stack.url}/v1/videos/{job_id}/content").content)
     assert read_mp4(out)[0].shape == (9, 32, 32, 3)
@@ -81,12 +85,12 @@ def test_sigstopped_worker_cannot_overwrite_the_takeover_result(stack):
     alive = [w for w in stack.workers if w.p.poll() is None]
     assert len(alive) == 2
     job_id = create(stack, steps=12)
-    victim = by_name(stack, running_at(stack, job_id, 2)["worker"])
+    victim = by_name(stack, running_at(stack, job_id, 2).worker)
     victim.signal(signal.SIGSTOP)
     try:
         job = completed(stack, job_id)
-        assert job["status"] == "completed" and job["fence"] == "2", job
-        snapshot = dict(job)
+        assert job.status is JobStatus.COMPLETED and job.fence == 2, job
+        snapshot = job
         video = httpx.get(f"{stack.url}/v1/videos/{job_id}/content").content
     finally:
         victim.signal(signal.SIGCONT)
@@ -104,19 +108,19 @@ def test_sigstopped_worker_cannot_overwrite_the_takeover_result(stack):
 def test_job_fails_after_max_attempts(stack):
     job_id = create(stack, steps=40)
     for attempt in (1, 2):
-        name = running_at(stack, job_id, 1)["worker"]
-        assert stack.job(job_id)["attempts"] == str(attempt)
+        name = running_at(stack, job_id, 1).worker
+        assert stack.job(job_id).attempts == attempt
         w = by_name(stack, name)
         w.signal(signal.SIGKILL)
         w.p.wait(5)
         if attempt == 1:
             # the other live worker reclaims it after the lease
-            wait_until(lambda: stack.job(job_id).get("attempts") == "2" and
-                       stack.job(job_id).get("status") == "in_progress", 30, 0.1, "second attempt")
+            wait_until(lambda: (lambda j: j.attempts == 2 and j.status is JobStatus.IN_PROGRESS)(stack.job(job_id)),
+                       30, 0.1, "second attempt")
     assert not any(w.p.poll() is None for w in stack.workers)
     stack.start_worker("d")
     job = completed(stack, job_id, timeout=30)
-    assert job["status"] == "failed" and job["error_code"] == "max_attempts_exceeded", job
+    assert job.status is JobStatus.FAILED and job.error_code == "max_attempts_exceeded", job
     v = httpx.get(f"{stack.url}/v1/videos/{job_id}").json()
     assert v["error"]["code"] == "max_attempts_exceeded" and "2 times" in v["error"]["message"]
 
@@ -124,11 +128,11 @@ def test_job_fails_after_max_attempts(stack):
 def test_sigterm_hands_the_running_job_over_at_once(stack):
     stack.start_worker("e")
     job_id = create(stack, steps=16)
-    victim = by_name(stack, running_at(stack, job_id, 2)["worker"])
+    victim = by_name(stack, running_at(stack, job_id, 2).worker)
     victim.signal(signal.SIGTERM)
     victim.p.wait(15)
     released = [e for e in victim.events() if e["event"] == "job_released" and e["job"] == job_id]
     assert released and released[0]["ok"] is True
     job = completed(stack, job_id)
-    assert job["status"] == "completed" and job["fence"] == "2"
+    assert job.status is JobStatus.COMPLETED and job.fence == 2
     assert result_dirs(stack, job_id) == ["r2"]

@@ -1,4 +1,5 @@
-r"""Job queue on raw Redis Streams: one hash per job, a stream entry carrying only the job id.
+r"""The job store: a queue on raw Redis Streams, one hash per job (server/jobs.py), a stream entry
+carrying only the job id.
 
 State machine (every transition is one Lua script, so it is atomic):
 
@@ -21,20 +22,14 @@ State machine (every transition is one Lua script, so it is atomic):
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import redis
 
-GROUP = "workers"
-JOB_ID_RE = r"^video_[0-9a-f]{32}$"
-TERMINAL = ("completed", "failed")
-
-
-def new_job_id() -> str:
-    return "video_" + secrets.token_hex(16)
+from .jobs import GROUP, Job, JobStatus, Keys, hash_args
+from .metrics import Metrics
 
 
 def now_ms() -> int:
@@ -60,7 +55,7 @@ end
 """
 
 # KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none)
-# ARGV: id, max_active, created_ms, idem_ttl, job_prefix, field, value, ...
+# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, field, value, ... (the whole job hash)
 ENQUEUE = """
 if KEYS[7] ~= '' then
   local ex = redis.call('GET', KEYS[7])
@@ -70,12 +65,10 @@ if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[2]) t
   return {'limit', ''}
 end
 local id = ARGV[1]
-local seq = redis.call('INCR', KEYS[4])
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('HSET', KEYS[1], 'queue_seq', seq, 'fence', 0, 'attempts', 0, 'progress', 0, 'status', 'queued')
-redis.call('ZADD', KEYS[3], seq, id)
+redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), id)  -- queue position: enqueue order
 redis.call('ZADD', KEYS[5], ARGV[3], id)
 redis.call('SADD', KEYS[6], id)
 if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id, 'EX', ARGV[4]) end
@@ -104,8 +97,7 @@ if attempts > tonumber(ARGV[7]) then
      'error_message', 'The job was started ' .. (attempts - 1) .. ' times and its worker stopped each time; giving up.'})
   return {'exhausted', fence, attempts}
 end
-redis.call('HSET', KEYS[1], 'status', 'in_progress', 'worker', ARGV[3], 'started_at', math.floor(tonumber(ARGV[4]) / 1000),
-  'progress', 0, 'step', 0)
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'worker', ARGV[3], 'progress', 0, 'step', 0)
 return {'claimed', fence, attempts}
 """
 
@@ -163,25 +155,30 @@ return status
 """
 
 
-@dataclass
+@dataclass(frozen=True)
 class Claim:
+    """A worker's hold on a job: writes are fenced by `fence` (see the module doc)."""
+
     job_id: str
     entry_id: str
     fence: int
     attempts: int
 
 
+class JobState(NamedTuple):
+    """What a running job's worker checks between steps; both None once the job is deleted."""
+
+    status: JobStatus | None
+    fence: int | None
+
+
 class JobStore:
     """Everything the API and the workers do to jobs in Redis."""
 
     def __init__(self, client: redis.Redis, prefix: str = "paris"):
-        self.r = client
-        self.p = prefix
-        self.stream = f"{prefix}:jobs"
-        self.queued = f"{prefix}:queued"
-        self.expiry = f"{prefix}:expiry"
-        self.workers = f"{prefix}:workers"
-        self.metrics_key = f"{prefix}:metrics"
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.metrics = Metrics(client, self.keys.metrics)
         self._enqueue = client.register_script(ENQUEUE)
         self._claim = client.register_script(CLAIM)
         self._progress = client.register_script(PROGRESS)
@@ -191,200 +188,175 @@ class JobStore:
         self._cancel = client.register_script(CANCEL)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "paris") -> "JobStore":
+    def from_url(cls, url: str, prefix: str = "paris") -> JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=10), prefix)
-
-    # keys
-    def job_key(self, job_id: str) -> str:
-        return f"{self.p}:job:{job_id}"
-
-    def owner_jobs(self, owner: str) -> str:
-        return f"{self.p}:owner:{owner}:jobs"
-
-    def owner_active(self, owner: str) -> str:
-        return f"{self.p}:owner:{owner}:active"
 
     def ensure_group(self) -> None:
         try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def ping(self) -> bool:
         try:
-            return bool(self.r.ping())
+            return bool(self.redis.ping())
         except redis.RedisError:
             return False
 
     # ---- API side -------------------------------------------------------------------------
-    def enqueue(self, job_id: str, owner: str, fields: dict, *, max_active: int = 0,
-                idempotency_key: str | None = None, idem_ttl_s: int = 86400) -> tuple[str, str]:
+    def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None,
+                idem_ttl_s: int = 86400) -> tuple[str, str]:
         """Returns (outcome, job_id) with outcome 'created' | 'existing' | 'limit'."""
-        idem = f"{self.p}:idem:{owner}:{idempotency_key}" if idempotency_key else ""
-        created = now_ms()
-        flat: list = []
-        for k, v in {**fields, "id": job_id, "owner": owner, "created_at": created // 1000}.items():
-            flat += [k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+        k = self.keys
+        idem = k.idempotency(job.owner, idempotency_key) if idempotency_key else ""
         out = self._enqueue(
-            keys=[self.job_key(job_id), self.stream, self.queued, f"{self.p}:seq", self.owner_jobs(owner),
-                  self.owner_active(owner), idem],
-            args=[job_id, max_active, created, idem_ttl_s, f"{self.p}:job:", *flat])
+            keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), k.owner_active(job.owner), idem],
+            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix,
+                  *(x for field in job.to_hash().items() for x in field)])
         if out[0] == "created":
-            self.count("jobs_created_total")
+            self.metrics.count("jobs_created_total")
         return out[0], out[1]
 
-    def get(self, job_id: str) -> dict | None:
-        data = self.r.hgetall(self.job_key(job_id))
-        return data or None
+    def get(self, job_id: str) -> Job | None:
+        data = self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_hash(data) if data else None
 
     def queue_position(self, job_id: str) -> int | None:
-        rank = self.r.zrank(self.queued, job_id)
+        rank = self.redis.zrank(self.keys.queued, job_id)
         return None if rank is None else rank + 1
 
     def queue_depth(self) -> int:
-        return self.r.zcard(self.queued)
+        return self.redis.zcard(self.keys.queued)
 
-    def list(self, owner: str, *, after: str | None, limit: int, order: str) -> tuple[list[dict], bool]:
-        key = self.owner_jobs(owner)
+    def running_count(self) -> int:
+        """Jobs delivered to a worker and not yet finished (the group's pending entries)."""
+        return self.redis.xpending(self.keys.stream, GROUP)["pending"]
+
+    def list(self, owner: str, *, after: str | None, limit: int, order: Literal["asc", "desc"]
+             ) -> tuple[list[Job], bool]:
+        key = self.keys.owner_jobs(owner)
         desc = order == "desc"
         start = 0
         if after:
-            rank = self.r.zrevrank(key, after) if desc else self.r.zrank(key, after)
+            rank = self.redis.zrevrank(key, after) if desc else self.redis.zrank(key, after)
             if rank is None:
                 return [], False
             start = rank + 1
-        ids = (self.r.zrevrange if desc else self.r.zrange)(key, start, start + limit)
-        has_more = len(ids) > limit
-        jobs = []
-        for job_id in ids[:limit]:
-            job = self.get(job_id)
-            if job:
-                jobs.append(job)
-        return jobs, has_more
+        ids = (self.redis.zrevrange if desc else self.redis.zrange)(key, start, start + limit)
+        jobs = [job for job in map(self.get, ids[:limit]) if job is not None]
+        return jobs, len(ids) > limit
 
-    def cancel(self, job_id: str, ttl_s: int) -> str:
-        """Returns the status the job had before ('' when it does not exist)."""
+    def cancel(self, job_id: str, ttl_s: int) -> JobStatus | None:
+        """Returns the status the job had before (None when it does not exist)."""
         job = self.get(job_id)
-        if not job:
-            return ""
-        prev = self._cancel(keys=[self.job_key(job_id), self.stream, self.queued, self.owner_active(job["owner"]),
-                                  self.expiry], args=[job_id, now_ms(), ttl_s, GROUP])
-        if prev in ("queued", "in_progress"):
-            self.count("jobs_finished_total", "cancelled")
+        if job is None:
+            return None
+        k = self.keys
+        prev = self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
+                            args=[job_id, now_ms(), ttl_s, GROUP])
+        if not prev:
+            return None
+        prev = JobStatus(prev)
+        if not prev.finished:
+            self.metrics.count("jobs_finished_total", "cancelled")
         return prev
 
-    def delete(self, job_id: str, ttl_s: int) -> str:
+    def delete(self, job_id: str, ttl_s: int) -> JobStatus | None:
+        """Cancel the job if it runs, then remove its record and index entries. Returns the status
+        it had (None when it was already gone)."""
         job = self.get(job_id)
-        if not job:
-            return ""
-        prev = self.cancel(job_id, ttl_s)
-        pipe = self.r.pipeline()
-        pipe.delete(self.job_key(job_id))
-        pipe.zrem(self.owner_jobs(job["owner"]), job_id)
-        pipe.srem(self.owner_active(job["owner"]), job_id)
-        pipe.zrem(self.expiry, job_id)
+        prev = self.cancel(job_id, ttl_s) if job else None
+        pipe = self.redis.pipeline()
+        if job:
+            pipe.delete(self.keys.job(job_id))
+            pipe.zrem(self.keys.owner_jobs(job.owner), job_id)
+            pipe.srem(self.keys.owner_active(job.owner), job_id)
+        pipe.zrem(self.keys.expiry, job_id)
         pipe.execute()
         return prev
 
     def expired(self, now_s: int | None = None, count: int = 100) -> list[str]:
-        return self.r.zrangebyscore(self.expiry, "-inf", now_s if now_s is not None else int(time.time()),
-                                    start=0, num=count)
+        return self.redis.zrangebyscore(self.keys.expiry, "-inf", now_s if now_s is not None else int(time.time()),
+                                        start=0, num=count)
 
     # ---- worker side ----------------------------------------------------------------------
     def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """XREADGROUP up to `count` new entries; returns (entry_id, job_id)."""
         if count <= 0:
             return []
-        resp = self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms or None)
-        out = []
-        for _stream, entries in resp or []:
-            for entry_id, fields in entries:
-                out.append((entry_id, (fields or {}).get("job", "")))
-        return out
+        resp = self.redis.xreadgroup(GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms or None)
+        return [(entry_id, (fields or {}).get("job", "")) for _stream, entries in resp or []
+                for entry_id, fields in entries]
 
     def reclaim_stale(self, consumer: str, count: int, lease_ms: int) -> list[tuple[str, str]]:
         """XAUTOCLAIM entries whose worker stopped renewing its lease."""
         if count <= 0:
             return []
-        _next, entries, *_deleted = self.r.xautoclaim(self.stream, GROUP, consumer, min_idle_time=lease_ms,
-                                                      start_id="0-0", count=count)
+        _next, entries, *_deleted = self.redis.xautoclaim(self.keys.stream, GROUP, consumer, min_idle_time=lease_ms,
+                                                          start_id="0-0", count=count)
         return [(eid, (fields or {}).get("job", "")) for eid, fields in entries if fields]
 
     def claim(self, entry_id: str, job_id: str, worker: str, *, ttl_s: int, max_attempts: int) -> Claim | None:
+        k = self.keys
         if not job_id:
-            self.r.xack(self.stream, GROUP, entry_id)
+            self.redis.xack(k.stream, GROUP, entry_id)
             return None
         outcome, fence, attempts = self._claim(
-            keys=[self.job_key(job_id), self.stream, self.queued, self.expiry, f"{self.p}:owner:"],
+            keys=[k.job(job_id), k.stream, k.queued, k.expiry, k.owner_prefix],
             args=[job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
         if outcome == "exhausted":
-            self.count("jobs_finished_total", "failed")
+            self.metrics.count("jobs_finished_total", JobStatus.FAILED)
         if outcome != "claimed":
             return None
         return Claim(job_id, entry_id, int(fence), int(attempts))
 
-    def progress(self, c: Claim, **fields) -> bool:
-        flat = []
-        for k, v in fields.items():
-            flat += [k, str(v)]
-        return bool(self._progress(keys=[self.job_key(c.job_id)], args=[c.fence, *flat]))
+    def progress(self, claim: Claim, percent: int, step: int) -> bool:
+        return bool(self._progress(keys=[self.keys.job(claim.job_id)],
+                                   args=[claim.fence, *hash_args(progress=percent, step=step)]))
 
-    def renew(self, c: Claim, consumer: str) -> bool:
-        return bool(self._renew(keys=[self.job_key(c.job_id), self.stream],
-                                args=[c.fence, GROUP, consumer, c.entry_id]))
+    def renew(self, claim: Claim, consumer: str) -> bool:
+        return bool(self._renew(keys=[self.keys.job(claim.job_id), self.keys.stream],
+                                args=[claim.fence, GROUP, consumer, claim.entry_id]))
 
-    def release(self, c: Claim, consumer: str, lease_ms: int) -> bool:
+    def release(self, claim: Claim, consumer: str, lease_ms: int) -> bool:
         """Graceful shutdown: mark our entry idle past the lease so another worker takes it now."""
-        return bool(self._release(keys=[self.job_key(c.job_id), self.stream],
-                                  args=[c.fence, GROUP, consumer, c.entry_id, lease_ms * 10]))
+        return bool(self._release(keys=[self.keys.job(claim.job_id), self.keys.stream],
+                                  args=[claim.fence, GROUP, consumer, claim.entry_id, lease_ms * 10]))
 
-    def settle(self, c: Claim, status: str, ttl_s: int, **fields) -> bool:
-        job = self.get(c.job_id)
-        if not job:
+    def complete(self, claim: Claim, ttl_s: int, fields: dict[str, object]) -> bool:
+        """Completed, with the result's fields (jobs.completion); False when fenced out."""
+        return self._finish(claim, JobStatus.COMPLETED, ttl_s,
+                            hash_args(**fields, artifact_fence=claim.fence))
+
+    def fail(self, claim: Claim, ttl_s: int, code: str, message: str) -> bool:
+        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message[:2000]))
+
+    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str]) -> bool:
+        job = self.get(claim.job_id)
+        if job is None:
             return False
-        flat = []
-        for k, v in fields.items():
-            flat += [k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
-        ok = bool(self._settle(keys=[self.job_key(c.job_id), self.stream, self.owner_active(job["owner"]),
-                                     self.expiry],
-                               args=[c.job_id, c.fence, status, now_ms(), ttl_s, GROUP, *flat]))
+        k = self.keys
+        ok = bool(self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
+                               args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args]))
         if ok:
-            self.count("jobs_finished_total", status)
+            self.metrics.count("jobs_finished_total", status)
         return ok
 
-    def state(self, job_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
-        """(status, fence) per job, one round trip."""
-        pipe = self.r.pipeline()
-        for j in job_ids:
-            pipe.hmget(self.job_key(j), "status", "fence")
-        return {j: tuple(v) for j, v in zip(job_ids, pipe.execute(), strict=True)}
+    def state(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Status and fence per job, one round trip."""
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), "status", "fence")
+        return {job_id: JobState(JobStatus(status) if status else None, int(fence) if fence else None)
+                for job_id, (status, fence) in zip(job_ids, pipe.execute(), strict=True)}
 
-    def heartbeat(self, worker: str, info: dict) -> None:
-        pipe = self.r.pipeline()
-        pipe.zadd(self.workers, {worker: time.time()})
-        pipe.zremrangebyscore(self.workers, "-inf", time.time() - 86400)  # forget workers gone for a day
-        pipe.set(f"{self.p}:worker:{worker}", json.dumps(info), ex=60)
+    def heartbeat(self, worker: str) -> None:
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.zadd(self.keys.workers, {worker: now})
+        pipe.zremrangebyscore(self.keys.workers, "-inf", now - 86400)  # forget workers gone for a day
         pipe.execute()
 
     def fresh_workers(self, max_age_s: float) -> int:
-        return self.r.zcount(self.workers, time.time() - max_age_s, "+inf")
-
-    # ---- metrics stored in Redis, so every process contributes -----------------------------
-    def count(self, name: str, label: str = "", by: float = 1) -> None:
-        try:
-            self.r.hincrbyfloat(self.metrics_key, f"{name}|{label}", by)
-        except redis.RedisError:
-            pass
-
-    def observe(self, name: str, seconds: float, buckets: tuple[float, ...]) -> None:
-        pipe = self.r.pipeline()
-        for b in buckets:
-            if seconds <= b:
-                pipe.hincrbyfloat(self.metrics_key, f"{name}_bucket|{b}", 1)
-        pipe.hincrbyfloat(self.metrics_key, f"{name}_count|", 1)
-        pipe.hincrbyfloat(self.metrics_key, f"{name}_sum|", seconds)
-        pipe.execute()
-
-    def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.r.hgetall(self.metrics_key).items()}
+        return self.redis.zcount(self.keys.workers, time.time() - max_age_s, "+inf")

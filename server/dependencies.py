@@ -1,0 +1,70 @@
+"""What routes receive from the app, as typed FastAPI dependencies: `create_app` builds one
+`Services` and every route asks for the part it uses (a route whose owner it does not need
+lists `require_owner` in its router's `dependencies`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from prometheus_client import CollectorRegistry
+
+from pipeline.manifest import Manifest
+
+from .artifacts import ArtifactStore
+from .auth import KeyRing
+from .settings import Settings
+from .store import JobStore
+from .owned_videos import OwnedVideos
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    manifest: Manifest
+    store: JobStore
+    artifacts: ArtifactStore
+    keys: KeyRing
+    registry: CollectorRegistry
+    started_at: int  # the models' `created`
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_settings(services: Annotated[Services, Depends(get_services)]) -> Settings:
+    return services.settings
+
+
+def get_manifest(services: Annotated[Services, Depends(get_services)]) -> Manifest:
+    return services.manifest
+
+
+def get_store(services: Annotated[Services, Depends(get_services)]) -> JobStore:
+    return services.store
+
+
+def get_artifacts(services: Annotated[Services, Depends(get_services)]) -> ArtifactStore:
+    return services.artifacts
+
+
+def require_owner(services: Annotated[Services, Depends(get_services)],
+                  authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> str:
+    """The caller's owner id (from its API key), or 401."""
+    return services.keys.owner(authorization)
+
+
+def get_videos(services: Annotated[Services, Depends(get_services)],
+               owner: Annotated[str, Depends(require_owner)]) -> OwnedVideos:
+    return OwnedVideos(services.store, services.artifacts, services.settings.job_ttl_s, owner)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManifestDep = Annotated[Manifest, Depends(get_manifest)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+Owner = Annotated[str, Depends(require_owner)]
+Videos = Annotated[OwnedVideos, Depends(get_videos)]

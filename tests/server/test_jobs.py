@@ -1,0 +1,115 @@
+"""The job record: Job.from_hash / to_hash are exact inverses, a stored hash (including one an
+older version wrote) maps to the same Video object users got before, and a completed job gains
+the routing fields users read."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.request import ResolvedRequest, RoutingMode
+from pipeline.results import GenerationResult, ResidencyDelta
+from pipeline.routing import Choice, RoutingTrace
+from server.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
+from server.schemas import Video
+
+JOB_ID = "video_0123456789abcdef0123456789abcdef"
+REQUEST = ResolvedRequest(prompt="a red circle moving left", negative_prompt="", image=None, num_frames=9, width=32,
+                          height=32, fps=8, num_inference_steps=4, guidance_scale=5.0, image_guidance_scale=1.0,
+                          guidance_oscillation=False, seed=42, routing=RoutingMode.TOP_K, top_k=2, expert=None)
+ROUTING = {"policy": "top_k", "top_k": 2, "step_share": {"0": 0.5, "1": 1.0, "2": 0.5},
+           "expert_share": {"0": 0.5, "1": 1.0, "2": 0.5}, "weight_share": {"0": 0.3, "1": 0.55, "2": 0.15},
+           "steps": 4, "trace_url": f"/v1/videos/{JOB_ID}/trace"}
+RESIDENCY = {"expert_loads_while_running": 3, "bytes_to_device_while_running": 123456, "max_waited_ticks": 1}
+TRACE = [{"step": 0, "t": 1.0, "experts": [1, 0], "weights": [0.6, 0.4]}]
+
+# A completed job's hash as the server before typed jobs wrote it (queue_seq, started_at,
+# total_steps and seconds are no longer written; a record keeping them must still read).
+OLD_COMPLETED_HASH = {
+    "id": JOB_ID, "owner": "public", "created_at": "1700000000", "model": "paris-mini",
+    "prompt": "a red circle moving left", "request": REQUEST.to_json(), "seed": "42", "num_frames": "9", "fps": "8",
+    "size": "32x32", "num_inference_steps": "4", "seconds": "1", "has_image": "0", "queue_seq": "3", "fence": "2",
+    "attempts": "2", "progress": "100", "status": "completed", "entry_id": "1700000000000-0",
+    "started_at": "1700000005", "step": "4", "total_steps": "4", "completed_at": "1700000009",
+    "expires_at": "1700086409", "artifact_fence": "2", "routing": json.dumps(ROUTING), "trace": json.dumps(TRACE),
+    "residency": json.dumps(RESIDENCY)}
+
+
+def completed_job() -> Job:
+    return Job(id=JOB_ID, owner="public", model="paris-mini", created_at=1700000000, request=REQUEST.to_json(),
+               prompt="a red circle moving left", seed=42, num_frames=9, fps=8, size="32x32", num_inference_steps=4,
+               has_image=False, status=JobStatus.COMPLETED, entry_id="1700000000000-0", fence=2, attempts=2,
+               progress=100, step=4, completed_at=1700000009, expires_at=1700086409, artifact_fence=2,
+               routing=ROUTING, trace=TRACE, residency=RESIDENCY)
+
+
+def test_to_hash_writes_each_field_as_text_and_from_hash_reads_it_back():
+    job = completed_job()
+    h = job.to_hash()
+    legacy_only = {"queue_seq", "started_at", "total_steps", "seconds"}
+    assert h == {k: v for k, v in OLD_COMPLETED_HASH.items() if k not in legacy_only}
+    assert Job.from_hash(h) == job
+    assert Job.from_hash(OLD_COMPLETED_HASH) == job
+
+
+def test_a_queued_job_round_trips_with_its_unset_fields_absent():
+    job = Job.new("video_" + "f" * 32, "owner1", "tiny", REQUEST)
+    h = job.to_hash()
+    assert h["status"] == "queued" and h["fence"] == "0" and h["has_image"] == "0" and h["seed"] == "42"
+    assert not {"step", "worker", "completed_at", "routing", "error_code"} & h.keys()
+    back = Job.from_hash(h)
+    assert back == job and back.step is None and back.status is JobStatus.QUEUED
+    assert ResolvedRequest.from_json(back.request) == REQUEST
+
+
+def test_hash_args_refuses_names_that_are_not_job_fields():
+    assert hash_args(progress=12, step=3, worker=None) == ["progress", "12", "step", "3"]
+    with pytest.raises(KeyError, match="total_steps"):
+        hash_args(progress=12, total_steps=4)
+
+
+def test_a_completed_job_is_the_same_video_object_as_before():
+    expected = {
+        "id": JOB_ID, "object": "video", "created_at": 1700000000, "completed_at": 1700000009,
+        "expires_at": 1700086409, "model": "paris-mini", "status": "completed", "progress": 100,
+        "prompt": "a red circle moving left", "seconds": "1", "size": "32x32", "error": None,
+        "remixed_from_video_id": None, "seed": 42, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "step": 4,
+        "queue_position": None, "attempts": 2, "image_to_video": False, "routing": ROUTING, "residency": RESIDENCY}
+    video = Video.from_job(Job.from_hash(OLD_COMPLETED_HASH))
+    assert video.model_dump(mode="json") == expected
+    assert list(video.model_dump(mode="json")) == list(expected)  # field order too
+
+
+def test_a_failed_job_shows_its_error_and_a_queued_one_its_position():
+    failed = Job.from_hash({**OLD_COMPLETED_HASH, "status": "failed", "error_code": "cancelled",
+                            "error_message": "The job was cancelled."})
+    v = Video.from_job(failed).model_dump(mode="json")
+    assert v["status"] == "failed" and v["error"] == {"code": "cancelled", "message": "The job was cancelled."}
+    queued = Job.new(JOB_ID, "public", "paris-mini", REQUEST)
+    v = Video.from_job(queued, queue_position=3).model_dump(mode="json")
+    assert (v["status"], v["queue_position"], v["progress"], v["step"], v["seconds"]) == ("queued", 3, 0, None, "1")
+
+
+def test_completion_fields_name_step_and_weight_share():
+    trace = RoutingTrace()
+    trace.record(0, 1.0, Choice((1, 0), (0.75, 0.25)))
+    trace.record(1, 0.5, Choice((1, 2), (0.5, 0.5)))
+    result = GenerationResult(frames=np.zeros((9, 32, 32, 3), np.uint8), request=REQUEST, trace=trace,
+                              routing=trace.summary(3), residency=ResidencyDelta(2, 1000, 1))
+    share = {"0": 0.5, "1": 1.0, "2": 0.5}  # expert 1 ran in both steps, 0 and 2 in one each
+    assert completion(JOB_ID, result) == {
+        "progress": 100, "step": 4,
+        "routing": {"policy": "top_k", "top_k": 2, "step_share": share, "expert_share": share,
+                    "weight_share": {"0": 0.125, "1": 0.625, "2": 0.25}, "steps": 2,
+                    "trace_url": f"/v1/videos/{JOB_ID}/trace"},
+        "trace": trace.steps,
+        "residency": {"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000, "max_waited_ticks": 1}}
+
+
+def test_keys_and_group_keep_their_names():  # a running deployment's Redis holds these
+    k = Keys("t1")
+    assert GROUP == "workers"
+    assert (k.job(JOB_ID), k.stream, k.queued, k.expiry, k.workers, k.metrics) == (
+        f"t1:job:{JOB_ID}", "t1:jobs", "t1:queued", "t1:expiry", "t1:workers", "t1:metrics")
+    assert (k.owner_jobs("o"), k.owner_active("o"), k.idempotency("o", "x")) == (
+        "t1:owner:o:jobs", "t1:owner:o:active", "t1:idem:o:x")
