@@ -16,6 +16,7 @@ Requests join and leave between ticks. Every request the engine takes leaves it 
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -110,7 +111,8 @@ class Engine:
         self.stats.tick_seconds += time.perf_counter() - start
         return events
 
-    def _fail(self, job_ids, message: str, code: str, events: list[Event]) -> None:
+    def _fail(self, job_ids: Iterable[str], message: str, code: str, events: list[Event]) -> None:
+        """Active requests leave with a Failed event."""
         for job_id in job_ids:
             del self.active[job_id]
             events.append(Failed(job_id, message, code))
@@ -141,7 +143,8 @@ class Engine:
         """The text T5 and CLIP read: the model's prompt template applied (here only)."""
         return self.model.manifest.sampling.prompt_template.format(prompt=req.prompt)
 
-    def _encode_texts(self, pending, events: list[Event]) -> dict[str, tuple[TextEmbedding, TextEmbedding]]:
+    def _encode_texts(self, pending: list[tuple[str, ResolvedRequest]],
+                      events: list[Event]) -> dict[str, tuple[TextEmbedding, TextEmbedding]]:
         """Per job, the (prompt, negative prompt) embeddings. The texts not in the cache are
         encoded in one T5 and one CLIP batch; if that fails, the jobs that needed them fail."""
         wanted = {job_id: (self._prompt_text(r), r.negative_prompt) for job_id, r in pending}
@@ -162,7 +165,8 @@ class Engine:
                     self.cache.put(text, found[text])
         return {j: (found[p], found[n]) for j, (p, n) in wanted.items() if p in found and n in found}
 
-    def _encode_images(self, items, events: list[Event]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    def _encode_images(self, items: list[tuple[str, ResolvedRequest]],
+                       events: list[Event]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """First frames -> (reference latent, DINOv2 feature), batched by size; a batch that fails
         fails its jobs."""
         out = {}
@@ -180,7 +184,7 @@ class Engine:
                 out[job_id] = (latents[i : i + 1], None if features is None else features[i : i + 1])
         return out
 
-    def _new_state(self, job_id, req: ResolvedRequest, prompt: TextEmbedding, negative: TextEmbedding,
+    def _new_state(self, job_id: str, req: ResolvedRequest, prompt: TextEmbedding, negative: TextEmbedding,
                    image: tuple[torch.Tensor, torch.Tensor | None] | None) -> RequestState:
         m = self.model
         t = sampling.latent_frames(req.num_frames, m.temporal_compression)
