@@ -209,6 +209,8 @@ class Engine:
 
     # -- one denoising step for every active request ----------------------------------------
     def _denoise_step(self, events: list[Event]) -> None:
+        """Route, plan, run the planned experts; then per request that advances: guidance per
+        expert, weighted sum over the experts, Euler step."""
         self._route(list(self.active.values()), events)
         active = list(self.active.values())
         needs = {s.job_id: s.expert_keys() for s in active}
