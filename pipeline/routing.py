@@ -6,14 +6,23 @@ request's trace.
 """
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+from .request import ResolvedRequest, RoutingMode
 
 
 @dataclass(frozen=True)
 class Choice:
     experts: tuple[int, ...]
     weights: tuple[float, ...]
+
+
+class RoutingPolicy(Protocol):
+    needs_router: bool  # False: `choose` is called with logits=None and the router does not run
+
+    def choose(self, step: int, logits: torch.Tensor | None) -> Choice: ...
 
 
 class TopK:
@@ -44,7 +53,7 @@ class FixedExpert:
     def __init__(self, expert: int):
         self.expert = expert
 
-    def choose(self, step: int, logits=None) -> Choice:
+    def choose(self, step: int, logits: torch.Tensor | None = None) -> Choice:
         return Choice((self.expert,), (1.0,))
 
 
@@ -56,8 +65,19 @@ class ExpertSchedule:
     def __init__(self, schedule: list[int]):
         self.schedule = list(schedule)
 
-    def choose(self, step: int, logits=None) -> Choice:
+    def choose(self, step: int, logits: torch.Tensor | None = None) -> Choice:
         return Choice((self.schedule[step],), (1.0,))
+
+
+def policy_for(request: ResolvedRequest, renormalize: bool) -> RoutingPolicy:
+    """The request's routing mode as a policy (`renormalize`: the model's top-k weighting)."""
+    if request.routing is RoutingMode.FIXED:
+        return FixedExpert(request.expert)
+    if request.routing is RoutingMode.SCHEDULE:
+        return ExpertSchedule(request.expert_schedule)
+    if request.routing is RoutingMode.ENSEMBLE:
+        return FullEnsemble()
+    return TopK(request.top_k, renormalize)
 
 
 @dataclass(frozen=True)

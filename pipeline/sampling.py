@@ -5,6 +5,8 @@ velocity v = noise - data, and x_{t_prev} = x_t + (t_prev - t) * v.
 """
 
 import math
+from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -42,6 +44,39 @@ def image_text_cfg(cond, uncond_text, uncond_all, text_scale, image_scale):
     `image_scale` may be a tensor broadcasting over the latent (one value per latent frame).
     """
     return uncond_all + image_scale * (uncond_text - uncond_all) + text_scale * (cond - uncond_text)
+
+
+class Branch(Enum):
+    """The forwards that guidance combines (per request and expert)."""
+
+    COND = "cond"  # the prompt; image-to-video: the first frame given
+    UNCOND_TEXT = "uncond_text"  # the negative prompt; the first frame still given
+    UNCOND_ALL = "uncond_all"  # the negative prompt and no first frame (image-to-video only)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """One request's guidance at one step: the text scale, and the image scale per latent frame
+    (a tensor broadcasting over the latent; None for text-to-video or where it is 1 everywhere)."""
+
+    text_scale: float
+    image_scale: torch.Tensor | None = None
+
+    @property
+    def branches(self) -> tuple[Branch, ...]:
+        """The forwards it needs: the unconditional one is skipped at text scale 1."""
+        if self.image_scale is not None:
+            return (Branch.COND, Branch.UNCOND_TEXT, Branch.UNCOND_ALL)
+        return (Branch.COND,) if self.text_scale == 1.0 else (Branch.COND, Branch.UNCOND_TEXT)
+
+    def combine(self, out: dict[Branch, torch.Tensor]) -> torch.Tensor:
+        """The guided velocity from one expert's output per branch."""
+        if self.image_scale is not None:
+            return image_text_cfg(out[Branch.COND], out[Branch.UNCOND_TEXT], out[Branch.UNCOND_ALL],
+                                  self.text_scale, self.image_scale)
+        if self.text_scale == 1.0:
+            return out[Branch.COND]
+        return text_cfg(out[Branch.COND], out[Branch.UNCOND_TEXT], self.text_scale)
 
 
 def image_guidance_ramp(image_scale: float, step: int, num_steps: int, latent_frames: int) -> torch.Tensor:

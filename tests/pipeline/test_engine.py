@@ -1,11 +1,14 @@
-"""Continuous batching: a request gives the same frames alone or batched with others."""
+"""Continuous batching: a request gives the same frames alone or batched with others; a failure
+fails the requests it touched and no others."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.engine import Engine, Finished, Progress
+import pipeline.engine
+from pipeline.engine import Engine
 from pipeline.request import GenerationRequest, resolve
+from pipeline.results import Failed, Finished, Progress
 
 OTHERS = [
     GenerationRequest("a blue square growing", seed=21, routing="fixed", expert=1),
@@ -18,28 +21,39 @@ OTHERS = [
 ]
 
 
-def run_all(engine: Engine, arrivals: dict[int, list[tuple[str, GenerationRequest]]]):
-    """Admit requests at given ticks; returns results and the tick at which each finished."""
-    results, tick = {}, 0
+def run_all(engine: Engine, arrivals: dict[int, list[tuple[str, GenerationRequest]]]) -> dict[str, Finished | Failed]:
+    """Admit requests at given ticks and tick until the engine is idle; returns each job's one
+    terminal event (a job with none, or with two, fails the test)."""
+    outcome, tick, admitted = {}, 0, set()
     while engine.has_work or any(t >= tick for t in arrivals):
         for job_id, request in arrivals.get(tick, []):
             engine.admit(job_id, resolve(engine.model.manifest, request))
+            admitted.add(job_id)
         for event in engine.tick():
-            if isinstance(event, Finished):
-                results[event.job_id] = event.result
+            if isinstance(event, Finished | Failed):
+                assert event.job_id not in outcome, f"{event.job_id} left the engine twice"
+                outcome[event.job_id] = event
         tick += 1
-    return results
+    assert admitted <= set(outcome)
+    return outcome
+
+
+def frames(events: dict, job_id: str) -> np.ndarray:
+    event = events[job_id]
+    assert isinstance(event, Finished), event
+    return event.result.frames.astype(int)
 
 
 def test_frames_match_alone_and_batched_with_seven_others_at_other_steps(tiny_model):
     target = GenerationRequest("a red circle moving left", seed=5)
-    alone = run_all(Engine(tiny_model), {0: [("target", target)]})["target"]
+    alone = run_all(Engine(tiny_model), {0: [("target", target)]})["target"].result
     # others join before and after the target, so it shares forwards with requests at other steps
     arrivals = {0: [(f"o{i}", r) for i, r in enumerate(OTHERS[:4])], 2: [("target", target)] + [(f"o{i}", r) for i, r in enumerate(OTHERS[4:], 4)]}
     batched = run_all(Engine(tiny_model, max_batch=8), arrivals)
-    assert set(batched) == {"target"} | {f"o{i}" for i in range(7)}
-    assert np.abs(alone.frames.astype(int) - batched["target"].frames.astype(int)).max() <= 1
-    assert alone.trace.steps == batched["target"].trace.steps
+    assert all(isinstance(e, Finished) for e in batched.values())
+    assert np.abs(alone.frames.astype(int) - frames(batched, "target")).max() <= 1
+    assert alone.trace.steps == batched["target"].result.trace.steps
+    assert not np.array_equal(frames(batched, "target"), frames(batched, "o0"))  # the rows were not mixed up
 
 
 def test_every_active_request_advances_one_step_per_tick(tiny_model):
@@ -51,6 +65,7 @@ def test_every_active_request_advances_one_step_per_tick(tiny_model):
         for e in engine.tick():
             if isinstance(e, Progress):
                 steps.setdefault(e.job_id, []).append((tick, e.step))
+    assert set(steps) == {"j0", "j1", "j2"}
     assert all(v == [(0, 1), (1, 2), (2, 3), (3, 4)] for v in steps.values())
 
 
@@ -73,3 +88,82 @@ def test_admit_refuses_when_full_and_cancel_frees_a_slot(tiny_model):
         engine.admit("b", resolve(engine.model.manifest, GenerationRequest("a red circle", seed=1)))
     engine.tick()
     assert engine.cancel("a") and engine.free_slots == 1 and not engine.has_work
+
+
+# -- failures: each fails exactly the requests it touched ---------------------------------------
+
+def broken(*args, **kwargs):
+    raise RuntimeError("injected")
+
+
+def alone(tiny_model, request) -> np.ndarray:
+    return frames(run_all(Engine(tiny_model), {0: [("j", request)]}), "j")
+
+
+def assert_failed(events, job_id, code):
+    assert isinstance(events[job_id], Failed) and events[job_id].code == code
+    assert "injected" in events[job_id].message
+
+
+def test_a_text_encoder_failure_fails_only_the_requests_with_new_texts(tiny_model, monkeypatch):
+    cached = GenerationRequest("a red circle", seed=7)
+    reference = alone(tiny_model, cached)  # also puts its prompt in this engine's cache below
+    engine = Engine(tiny_model, max_batch=3)
+    engine.admit("warm", resolve(tiny_model.manifest, GenerationRequest("a red circle", seed=1)))
+    engine.tick()
+    monkeypatch.setattr(pipeline.engine, "encode_t5", broken)
+    events = run_all(engine, {0: [("cached", cached), ("new", GenerationRequest("a prompt never seen", seed=2))]})
+    assert_failed(events, "new", "encode_failed")
+    assert np.abs(frames(events, "cached") - reference).max() <= 1  # its texts were cached: unaffected
+    assert isinstance(events["warm"], Finished)
+
+
+def test_an_image_encoder_failure_fails_the_image_requests_only(tiny_model, monkeypatch):
+    text_only = GenerationRequest("a red circle", seed=3)
+    reference = alone(tiny_model, text_only)
+    monkeypatch.setattr(pipeline.engine, "vae_encode_frame", broken)
+    events = run_all(Engine(tiny_model), {0: [("i2v", GenerationRequest("a red circle", seed=3, image=Image.new("RGB", (32, 32)))),
+                                              ("t2v", text_only)]})
+    assert_failed(events, "i2v", "encode_failed")
+    assert np.abs(frames(events, "t2v") - reference).max() <= 1
+
+
+def test_an_expert_failure_fails_the_requests_routed_to_it_only(tiny_model):
+    requests = {f"on{e}": GenerationRequest("a red circle", seed=e, routing="fixed", expert=e) for e in range(3)}
+    references = {job_id: alone(tiny_model, r) for job_id, r in requests.items()}
+    hook = tiny_model.get("expert_1").register_forward_pre_hook(broken)
+    try:
+        events = run_all(Engine(tiny_model), {0: list(requests.items())})
+    finally:
+        hook.remove()
+    assert_failed(events, "on1", "denoise_failed")
+    for job_id in ("on0", "on2"):
+        assert np.abs(frames(events, job_id) - references[job_id]).max() <= 1
+
+
+def test_a_router_failure_fails_the_routed_requests_only(tiny_model):
+    fixed = GenerationRequest("a red circle", seed=4, routing="fixed", expert=0)
+    reference = alone(tiny_model, fixed)
+    hook = tiny_model.get("router").register_forward_pre_hook(broken)
+    try:
+        events = run_all(Engine(tiny_model), {0: [("top_k", GenerationRequest("a red circle", seed=4)), ("fixed", fixed)]})
+    finally:
+        hook.remove()
+    assert_failed(events, "top_k", "denoise_failed")
+    assert np.abs(frames(events, "fixed") - reference).max() <= 1
+
+
+def test_a_decode_failure_fails_the_batch_that_failed_only(tiny_model, monkeypatch):
+    small = GenerationRequest("a red circle", seed=6)
+    reference = alone(tiny_model, small)
+    decode = pipeline.engine.vae_decode
+
+    def fails_when_wide(vae, latents):
+        if latents.shape[-1] != latents.shape[-2]:
+            raise RuntimeError("injected")
+        return decode(vae, latents)
+
+    monkeypatch.setattr(pipeline.engine, "vae_decode", fails_when_wide)
+    events = run_all(Engine(tiny_model), {0: [("wide", GenerationRequest("a red circle", seed=6, size="64x32")), ("small", small)]})
+    assert_failed(events, "wide", "decode_failed")
+    assert np.abs(frames(events, "small") - reference).max() <= 1

@@ -5,8 +5,8 @@ import torch
 
 from pipeline.engine import Engine
 from pipeline.generate import run_jobs
-from pipeline.request import GenerationRequest
-from pipeline.routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK
+from pipeline.request import GenerationRequest, resolve
+from pipeline.routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK, policy_for
 
 LOGITS = torch.tensor([0.0, 2.0, 1.0])
 PROBS = [math.exp(v) / sum(math.exp(x) for x in (0.0, 2.0, 1.0)) for v in (0.0, 2.0, 1.0)]
@@ -37,6 +37,18 @@ def test_fixed_and_schedule_ignore_logits():
     schedule = ExpertSchedule([0, 1, 1, 0])
     assert [schedule.choose(i).experts[0] for i in range(4)] == [0, 1, 1, 0]
     assert not FixedExpert(0).needs_router and not ExpertSchedule([0]).needs_router
+
+
+def test_policy_for_each_routing_mode(tiny_model):
+    def policy(**fields):
+        return policy_for(resolve(tiny_model.manifest, GenerationRequest("x", **fields)), renormalize=False)
+
+    assert policy(routing="fixed", expert=2).choose(3, None) == Choice((2,), (1.0,))
+    assert policy(routing="schedule", expert_schedule=[0, 2, 1, 1]).choose(1, None) == Choice((2,), (1.0,))
+    assert policy(routing="ensemble").choose(0, LOGITS).experts == (0, 1, 2)
+    top2 = policy(top_k=2)
+    assert top2.needs_router and top2.choose(0, LOGITS).weights == pytest.approx((PROBS[1], PROBS[2]))  # not renormalised
+    assert not policy(routing="fixed", expert=0).needs_router
 
 
 def test_trace_records_steps_and_shares():

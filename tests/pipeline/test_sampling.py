@@ -40,6 +40,19 @@ def test_image_text_cfg_hand_values():
     assert sampling.image_text_cfg(c, u, u2, 7.5, 3.0).item() == pytest.approx(20.0)
 
 
+def test_guidance_needs_the_branches_it_combines():
+    B = sampling.Branch
+    out = {B.COND: torch.tensor([3.0]), B.UNCOND_TEXT: torch.tensor([1.0]), B.UNCOND_ALL: torch.tensor([-1.0])}
+    off = sampling.Guidance(1.0)
+    assert off.branches == (B.COND,) and off.combine({B.COND: out[B.COND]}).item() == 3.0
+    text = sampling.Guidance(7.5)
+    assert text.branches == (B.COND, B.UNCOND_TEXT)
+    assert text.combine({b: out[b] for b in text.branches}).item() == pytest.approx(1.0 + 7.5 * 2.0)
+    image = sampling.Guidance(7.5, torch.tensor([3.0]))
+    assert image.branches == (B.COND, B.UNCOND_TEXT, B.UNCOND_ALL)
+    assert image.combine(out).item() == pytest.approx(-1.0 + 3.0 * 2.0 + 7.5 * 2.0)
+
+
 def test_image_guidance_ramp_hand_values():
     # step 0 of 2: upper = 3.0; frames ramp 1 -> 3; step 1: upper = 2.0; last step upper = 1
     assert sampling.image_guidance_ramp(3.0, 0, 2, 3).tolist() == pytest.approx([1.0, 2.0, 3.0])
