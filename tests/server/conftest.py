@@ -10,7 +10,7 @@ from .harness import Stack
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from pipeline.tiny import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
     build_tiny_model(folder, steps=4)

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 from .harness import wait_until
 

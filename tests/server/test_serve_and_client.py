@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from client.api import AsyncParisClient, ParisClient, ParisError
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 from .harness import REPO, Proc, free_port, wait_until
 
