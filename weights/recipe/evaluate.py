@@ -214,6 +214,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from pipeline.loader import quiet_library_logging
+
+    quiet_library_logging()
     torch.set_num_threads(args.threads)
     report = evaluate(args.model, steps=args.steps, guidance=args.guidance, quick=args.quick, samples_png=args.samples)
     args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
