@@ -4,9 +4,12 @@ import argparse
 import importlib
 import sys
 
+import pipeline.cli
+from weights import DEFAULT_MODEL
+
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(run=...)`.
+# pipeline.cli registers first, given the default model (the pipeline does not import weights/).
 COMMAND_MODULES = [
-    "pipeline.cli",
     "server.cli",
     "client.submit",
     "weights.recipe.cli",
@@ -16,6 +19,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paris", description="Serve and run Paris 2.0 style DDM video models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    pipeline.cli.register(sub, DEFAULT_MODEL)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

@@ -8,8 +8,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .errors import ModelFolderError
+from .manifest import DType
 
-DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {DType.FP32: torch.float32, DType.FP16: torch.float16, DType.BF16: torch.bfloat16}
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 
 
@@ -61,15 +62,23 @@ def compare(expected: dict[str, tuple[tuple[int, ...], torch.dtype]], found: dic
     return problems
 
 
-def expected_tensors(module: torch.nn.Module, dtype: torch.dtype) -> dict:
-    return {k: (tuple(v.shape), dtype if v.is_floating_point() else v.dtype) for k, v in module.state_dict().items()}
+def expected_tensors(module: torch.nn.Module, dtype: torch.dtype) -> tuple[dict, list[set[str]]]:
+    """Name -> (shape, dtype) of every tensor a checkpoint of `module` in `dtype` holds, plus the
+    groups of names that share one tensor (tied weights), of which a file may hold only one."""
+    params = module.state_dict(keep_vars=True)
+    expected = {k: (tuple(v.shape), dtype if v.is_floating_point() else v.dtype) for k, v in params.items()}
+    by_tensor: dict[int, set[str]] = {}
+    for name, tensor in params.items():
+        by_tensor.setdefault(id(tensor), set()).add(name)
+    return expected, [names for names in by_tensor.values() if len(names) > 1]
 
 
 def load_strict(module: torch.nn.Module, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     """Load every tensor of `folder` into `module`; any missing, unexpected or misshapen key is
     an error naming the keys (dtype is converted, not checked, so fp32 files run in bf16)."""
     found, problems = read_header(folder)
-    problems += compare(expected_tensors(module, dtype), found, str(folder), check_dtype=False)
+    expected, _ = expected_tensors(module, dtype)
+    problems += compare(expected, found, str(folder), check_dtype=False)
     if problems:
         raise ModelFolderError(problems)
     state = {}

@@ -6,17 +6,17 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from weights import DEFAULT_MODEL
-
 from .errors import InvalidRequest, ModelFolderError
 from .request import RoutingMode
 
 
-def register(sub) -> None:
+def register(sub, default_model: Path) -> None:
+    """`default_model` comes from the `paris` command, which knows where the weights live (the
+    pipeline does not import them)."""
     gen = sub.add_parser("generate", help="generate one video locally (no server)")
     gen.add_argument("prompt")
     gen.add_argument("--image", type=Path, help="first frame (image-to-video)")
-    gen.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    gen.add_argument("--model", type=Path, default=default_model)
     gen.add_argument("--out", type=Path, default=Path("out.mp4"))
     gen.add_argument("--seed", type=int)
     gen.add_argument("--steps", type=int)
@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 def run_generate(args) -> int:
     from .generate import GenerationFailed, generate
-    from .loader import load_model
+    from .loader import load_model, quiet_library_logging
     from .request import GenerationRequest
     from .video import write_mp4, write_spritesheet, write_thumbnail
 
@@ -58,6 +58,7 @@ def run_generate(args) -> int:
         fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
         expert_schedule=schedule)
+    quiet_library_logging()
     try:
         model = load_model(args.model, args.device)
         with tqdm(desc="denoising", unit="step") as bar:
@@ -84,8 +85,10 @@ def run_generate(args) -> int:
 
 
 def run_verify(args) -> int:
+    from .loader import quiet_library_logging
     from .verify import verify_model_folder
 
+    quiet_library_logging()
     problems = verify_model_folder(args.folder)
     if problems:
         print(f"{args.folder}: {len(problems)} problem(s)")

@@ -5,16 +5,16 @@ read up front so a missing or broken component fails at load time, not mid-job.
 """
 
 import json
-from functools import cached_property
 from pathlib import Path
 
 import diffusers
 import torch
 import transformers
 from diffusers import AutoencoderKLHunyuanVideo
+from diffusers.configuration_utils import FrozenDict
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from .checkpoint import DTYPE_NAMES, load_strict, read_header
+from .checkpoint import TORCH_DTYPES, load_strict, read_header
 from .encoders import configure_vae_decoding
 from .errors import ModelFolderError
 from .manifest import Component, Manifest, read_manifest
@@ -22,11 +22,16 @@ from .models.expert import MMDiT, MMDiTConfig
 from .models.router import DiTRouter, RouterConfig
 from .residency import Residency
 
-# Library progress bars and load chatter would interleave with ours and the structured logs.
-transformers.utils.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
-diffusers.utils.logging.set_verbosity_error()
-diffusers.utils.logging.disable_progress_bar()
+
+def quiet_library_logging() -> None:
+    """Silence the libraries' progress bars and load chatter, which would interleave with our
+    progress and structured logs. Each command that loads models calls it as it starts (not at
+    import: importing a module should not change a process's logging)."""
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
 
 OUR_CLASSES = {"MMDiT": (MMDiT, MMDiTConfig), "DiTRouter": (DiTRouter, RouterConfig)}
 LIBRARY_CLASSES = {
@@ -51,12 +56,22 @@ def build_ours(component: Component, folder: Path, device: torch.device, load_we
         module = cls(config)
     if not load_weights:
         return module
-    return load_strict(module, folder, DTYPE_NAMES[component.dtype]).to(device).eval()
+    return load_strict(module, folder, TORCH_DTYPES[component.dtype]).to(device).eval()
+
+
+def library_skeleton(component: Component, folder: Path) -> torch.nn.Module:
+    """The library class built from the folder's config on the meta device: no weights, but
+    its config complete with the library's own defaults."""
+    cls = LIBRARY_CLASSES[component.cls]
+    with torch.device("meta"):
+        if cls is AutoencoderKLHunyuanVideo:
+            return cls.from_config(cls.load_config(folder))
+        return cls(cls.config_class.from_pretrained(folder))
 
 
 def load_library(component: Component, folder: Path, device: torch.device):
     cls = LIBRARY_CLASSES[component.cls]
-    dtype = DTYPE_NAMES[component.dtype]
+    dtype = TORCH_DTYPES[component.dtype]
     if cls is AutoencoderKLHunyuanVideo:
         module = cls.from_pretrained(folder, torch_dtype=dtype)
         configure_vae_decoding(module)
@@ -70,21 +85,40 @@ def load_library(component: Component, folder: Path, device: torch.device):
 
 def component_bytes(component: Component, folder: Path) -> int:
     tensors, _ = read_header(folder)
-    element = torch.tensor([], dtype=DTYPE_NAMES[component.dtype]).element_size()
+    element = torch.tensor([], dtype=TORCH_DTYPES[component.dtype]).element_size()
     return sum(element * int(torch.Size(shape).numel()) for shape, _ in tensors.values())
 
 
+def read_geometry_configs(manifest: Manifest, folder: Path) -> tuple[MMDiTConfig, FrozenDict]:
+    """The first expert's config (its patch size) and the VAE's config complete with diffusers'
+    defaults (latent channels, spatial and temporal compression)."""
+    c = manifest.components
+    try:
+        expert = MMDiTConfig.from_dict(read_config(folder / c.experts[0].path))
+        vae = library_skeleton(c.vae, folder / c.vae.path).config
+    except ModelFolderError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelFolderError(f"{folder}: unreadable expert or VAE config ({exc})") from exc
+    return expert, vae
+
+
+def geometry_problems(manifest: Manifest, folder: Path, expert: MMDiTConfig, vae: FrozenDict) -> list[str]:
+    """The manifest's limits (which the API validates requests with, no weights loaded) must
+    agree with the VAE's compression and the expert's patch size."""
+    problems = manifest.limits.geometry_problems(vae.spatial_compression_ratio, vae.temporal_compression_ratio,
+                                                 expert.patch_size)
+    return [f"{folder / 'model.json'}: {p}" for p in problems]
+
+
 class DDMModel:
-    """A loaded model folder: manifest, tokenizers, and lazily resident components."""
+    """A loaded model folder: manifest, tokenizers, latent geometry, and lazily resident
+    components (under the registry names of `Components.named`)."""
 
     def __init__(self, folder: Path, manifest: Manifest, device: torch.device, residency: Residency):
         self.folder, self.manifest, self.device, self.residency = folder, manifest, device, residency
         c = manifest.components
-        self.components: dict[str, Component] = {"t5": c.t5, "clip": c.clip, "vae": c.vae, "router": c.router}
-        if c.dinov2 is not None:
-            self.components["dinov2"] = c.dinov2
-        for i, expert in enumerate(c.experts):
-            self.components[f"expert_{i}"] = expert
+        self.components: dict[str, Component] = c.named()
         problems = [f"{folder / comp.path}: component folder missing" for comp in self.components.values()
                     if not (folder / comp.path).is_dir()]
         if problems:
@@ -94,6 +128,15 @@ class DDMModel:
         self.t5_tokenizer = AutoTokenizer.from_pretrained(folder / (c.t5.tokenizer or c.t5.path))
         self.clip_tokenizer = AutoTokenizer.from_pretrained(folder / (c.clip.tokenizer or c.clip.path))
         self.image_processor = AutoImageProcessor.from_pretrained(folder / c.dinov2.path) if c.dinov2 else None
+
+        # The latent geometry is the VAE's, as diffusers builds it (no defaults of our own).
+        self.expert_config, vae = read_geometry_configs(manifest, folder)
+        problems = geometry_problems(manifest, folder, self.expert_config, vae)
+        if problems:
+            raise ModelFolderError(problems)
+        self.latent_channels: int = vae.latent_channels
+        self.spatial_compression: int = vae.spatial_compression_ratio
+        self.temporal_compression: int = vae.temporal_compression_ratio
 
     def _loader(self, comp: Component):
         """Reads a component into host memory; the residency manager moves it to the device."""
@@ -112,34 +155,8 @@ class DDMModel:
     def num_experts(self) -> int:
         return len(self.manifest.components.experts)
 
-    def one_expert_budget(self) -> int:
-        """A device budget where every non-expert component fits but only one expert does."""
-        experts = [self.residency.nbytes(f"expert_{i}") for i in range(self.num_experts)]
-        others = sum(self.residency.nbytes(n) for n in self.components if not n.startswith("expert_"))
-        return others + int(max(experts) * 1.5)
-
     def get(self, name: str, demand=frozenset()):
         return self.residency.get(name, demand)
-
-    @cached_property
-    def expert_config(self) -> MMDiTConfig:
-        return MMDiTConfig.from_dict(read_config(self.folder / self.manifest.components.experts[0].path))
-
-    @cached_property
-    def vae_config(self) -> dict:
-        return read_config(self.folder / self.manifest.components.vae.path)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae_config.get("latent_channels", 16)
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.vae_config.get("spatial_compression_ratio", 8)
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.vae_config.get("temporal_compression_ratio", 4)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", budget_bytes: int | None = None,

@@ -1,14 +1,22 @@
 """The model folder's `model.json`: components, sampling defaults and limits."""
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ModelFolderError
 
-DTYPES = {"fp32", "fp16", "bf16"}
+
+class DType(StrEnum):
+    """The weight dtypes a manifest may name (checkpoint.TORCH_DTYPES maps each to torch's).
+    Named here, not there, so that reading a manifest (the API does) never imports torch."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
 
 
 class Component(BaseModel):
@@ -17,15 +25,8 @@ class Component(BaseModel):
     path: str
     tokenizer: str | None = None
     max_length: int | None = None
-    dtype: str = "fp32"
+    dtype: DType = DType.FP32
     name: str | None = None
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v):
-        if v not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
-        return v
 
 
 def expert_key(index: int) -> str:
@@ -72,7 +73,11 @@ class SamplingDefaults(BaseModel):
 
 class Limits(BaseModel):
     """Frame counts are 4k+1 (the VAE's causal temporal compression) up to `max_frames`;
-    sizes are the listed "WxH" values, each a multiple of `size_multiple` (VAE x patch)."""
+    sizes are the listed "WxH" values, each a multiple of `size_multiple` (VAE x patch).
+
+    `resolve` validates requests with these alone (no weights needed); the VAE config is the
+    source of the geometry, and `geometry_problems` checks that the two agree when a model
+    folder is loaded or verified."""
 
     model_config = ConfigDict(extra="forbid")
     sizes: list[str] = Field(min_length=1)
@@ -82,6 +87,26 @@ class Limits(BaseModel):
     max_steps: int = 100
     max_fps: int = 60
     max_prompt_chars: int = 4000
+
+    def geometry_problems(self, spatial_compression: int, temporal_compression: int, patch_size: int) -> list[str]:
+        """Every way these limits disagree with the VAE's compression and the expert's patch."""
+        problems = []
+        if self.temporal_compression != temporal_compression:
+            problems.append(f"limits.temporal_compression is {self.temporal_compression}, "
+                            f"but the VAE compresses time by {temporal_compression}")
+        pixels_per_token = spatial_compression * patch_size
+        if self.size_multiple % pixels_per_token:
+            problems.append(f"limits.size_multiple is {self.size_multiple}, not a multiple of the VAE's spatial "
+                            f"compression x the expert's patch size ({spatial_compression} x {patch_size} = {pixels_per_token})")
+        for size in self.sizes:
+            try:
+                width, height = parse_size(size)
+            except ValueError:
+                problems.append(f"limits.sizes: {size!r} is not WIDTHxHEIGHT")
+                continue
+            if width % self.size_multiple or height % self.size_multiple:
+                problems.append(f"limits.sizes: {size} is not a multiple of limits.size_multiple ({self.size_multiple})")
+        return problems
 
 
 class Routing(BaseModel):

@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .manifest import is_expert_key
+
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -55,14 +57,8 @@ class ResidencyStats:
     bytes_to_device: int = 0
     load_seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        return {"disk_loads": dict(self.disk_loads), "device_loads": dict(self.device_loads),
-                "evictions": dict(self.evictions), "prefetches": self.prefetches,
-                "bytes_from_disk": self.bytes_from_disk, "bytes_to_device": self.bytes_to_device,
-                "load_seconds": round(self.load_seconds, 4)}
-
     def expert_loads(self) -> int:
-        return sum(v for k, v in self.device_loads.items() if k.startswith("expert_"))
+        return sum(v for k, v in self.device_loads.items() if is_expert_key(k))
 
 
 @dataclass

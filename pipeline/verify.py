@@ -5,32 +5,12 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLHunyuanVideo
-from pydantic import ValidationError
 
-from .checkpoint import DTYPE_NAMES, compare, read_header
+from .checkpoint import TORCH_DTYPES, compare, expected_tensors, read_header
 from .errors import ModelFolderError
-from .loader import LIBRARY_CLASSES, OUR_CLASSES, build_ours
-from .manifest import Component, read_manifest
-
-
-def _expected(module: torch.nn.Module, dtype: torch.dtype) -> tuple[dict, list[set[str]]]:
-    """Expected tensors, plus the groups of names that share one tensor (tied weights), of
-    which a file needs to hold only one."""
-    params = module.state_dict(keep_vars=True)
-    expected = {k: (tuple(v.shape), dtype if v.is_floating_point() else v.dtype) for k, v in params.items()}
-    by_tensor: dict[int, set[str]] = {}
-    for name, tensor in params.items():
-        by_tensor.setdefault(id(tensor), set()).add(name)
-    return expected, [names for names in by_tensor.values() if len(names) > 1]
-
-
-def _library_skeleton(comp: Component, folder: Path) -> torch.nn.Module:
-    cls = LIBRARY_CLASSES[comp.cls]
-    with torch.device("meta"):
-        if cls is AutoencoderKLHunyuanVideo:
-            return cls.from_config(cls.load_config(folder))
-        return cls(cls.config_class.from_pretrained(folder))
+from .loader import (LIBRARY_CLASSES, OUR_CLASSES, build_ours, geometry_problems, library_skeleton,
+                     read_geometry_configs)
+from .manifest import Component, Manifest, read_manifest
 
 
 def _library_key_names(module: torch.nn.Module, found: dict) -> dict:
@@ -65,7 +45,7 @@ def verify_component(name: str, comp: Component, root: Path) -> list[str]:
         if comp.cls in OUR_CLASSES:
             module = build_ours(comp, folder, torch.device("meta"), load_weights=False)
         elif comp.cls in LIBRARY_CLASSES:
-            module = _library_skeleton(comp, folder)
+            module = library_skeleton(comp, folder)
         else:
             return problems + [f"{where}: unknown class {comp.cls!r}"]
     except (ValueError, TypeError, OSError, json.JSONDecodeError) as exc:
@@ -76,10 +56,20 @@ def verify_component(name: str, comp: Component, root: Path) -> list[str]:
         return problems
     if comp.cls in LIBRARY_CLASSES:
         found = _library_key_names(module, found)
-    expected, tied = _expected(module, DTYPE_NAMES[comp.dtype])
+    expected, tied = expected_tensors(module, TORCH_DTYPES[comp.dtype])
     optional = {n for group in tied if group & set(found) for n in group}
     optional |= {n for group in tied if not group & set(found) for n in sorted(group)[1:]}
     return problems + compare(expected, found, where, check_dtype=True, optional=optional)
+
+
+def verify_geometry(manifest: Manifest, root: Path) -> list[str]:
+    """The limits against the VAE and expert configs, as loading checks them (a config that
+    cannot be read is already reported by its component)."""
+    try:
+        expert, vae = read_geometry_configs(manifest, root)
+    except ModelFolderError:
+        return []
+    return geometry_problems(manifest, root, expert, vae)
 
 
 def verify_model_folder(root: str | Path) -> list[str]:
@@ -88,14 +78,7 @@ def verify_model_folder(root: str | Path) -> list[str]:
         manifest = read_manifest(root)
     except ModelFolderError as exc:
         return exc.problems
-    except ValidationError as exc:
-        return [str(exc)]
-    c = manifest.components
-    named = {"t5": c.t5, "clip": c.clip, "vae": c.vae, "router": c.router}
-    if c.dinov2:
-        named["dinov2"] = c.dinov2
-    named.update({f"expert_{i}": e for i, e in enumerate(c.experts)})
     problems = []
-    for name, comp in named.items():
+    for name, comp in manifest.components.named().items():
         problems += verify_component(name, comp, root)
-    return problems
+    return problems + verify_geometry(manifest, root)

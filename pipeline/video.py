@@ -38,14 +38,3 @@ def write_spritesheet(frames: np.ndarray, path: str | Path) -> Path:
     spritesheet(frames).save(path)
     return path
 
-
-def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:
-    """Decode an MP4 back to uint8 frames and its fps (for tests and evaluation)."""
-    import imageio.v2 as imageio
-
-    reader = imageio.get_reader(str(path), format="ffmpeg")
-    try:
-        fps = reader.get_meta_data()["fps"]
-        return np.stack([frame for frame in reader]), fps
-    finally:
-        reader.close()

@@ -7,12 +7,14 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from weights import DEFAULT_MODEL
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore")
 
     # Where things live
-    model: str = "weights/paris-mini"          # model folder served by the API and run by workers
+    model: str = str(DEFAULT_MODEL)            # model folder served by the API and run by workers
     redis_url: str | None = None               # None: start an embedded Valkey (AOF on) in data_dir
     data_dir: Path = Path(".paris")            # embedded Valkey data + default artifact dir
     artifact_dir: Path | None = None           # default: data_dir / "artifacts"

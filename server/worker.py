@@ -233,7 +233,7 @@ class Worker:
 
 
 def build_worker(settings: Settings, redis_url: str) -> Worker:
-    from pipeline.loader import load_model
+    from pipeline.loader import load_model, quiet_library_logging
     from pipeline.residency import parse_budget
 
     if settings.threads:
@@ -241,6 +241,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
 
         torch.set_num_threads(settings.threads)
     t0 = time.time()
+    quiet_library_logging()
     model = load_model(settings.model, device=settings.device,
                        budget_bytes=parse_budget(settings.device_memory, settings.device))
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait)

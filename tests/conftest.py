@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.tiny import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

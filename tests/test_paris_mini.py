@@ -60,9 +60,9 @@ def test_image_to_video_keeps_the_first_frame(model, tmp_path):
 
     from pipeline.generate import generate
     from pipeline.request import GenerationRequest
-    from pipeline.video import read_mp4, write_mp4
+    from pipeline.video import write_mp4
     from weights.recipe.data import parse_prompt
-    from weights.recipe.detector import detect
+    from weights.recipe.detector import detect, read_mp4
     from weights.recipe.evaluate import first_frame, psnr
 
     prompt, seed = I2V_CASE

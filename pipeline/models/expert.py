@@ -1,11 +1,12 @@
 """The expert: a FLUX-style MM-DiT, checkpoint-compatible with Open-Sora v2's `MMDiTModel`
 (same config field names, unfused state-dict keys, rotate-half RoPE over (t, h, w))."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .config import config_from_dict
 from .layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, rope_cos_sin, timestep_embedding
 
 
@@ -30,8 +31,7 @@ class MMDiTConfig:
     def from_dict(cls, d: dict) -> "MMDiTConfig":
         """Takes Open-Sora's config dicts too: fields we do not use (from_pretrained,
         fused_qkv, grad_ckpt_settings, ...) are ignored."""
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg = config_from_dict(cls, d, ignore_unknown=True)
         if d.get("fused_qkv", False):
             raise ValueError("fused_qkv checkpoints are not supported; use the released unfused layout")
         if cfg.guidance_embed:

@@ -6,12 +6,13 @@ one logit per expert.
 """
 
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import config_from_dict
 from .expert import image_positions, pack
 from .layers import MLPEmbedder, split_heads, timestep_embedding
 
@@ -30,11 +31,7 @@ class RouterConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RouterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown router config fields: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, ignore_unknown=False)
 
 
 def sincos_positions(ids: torch.Tensor, dim: int) -> torch.Tensor:
@@ -104,8 +101,3 @@ class DiTRouter(nn.Module):
         for block in self.blocks:
             x = block(x, c)
         return self.head(self.norm_out(x.mean(dim=1)))
-
-
-def parameter_count(config: RouterConfig) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in DiTRouter(config).parameters())

@@ -14,10 +14,10 @@ import time
 import httpx
 
 from pipeline.engine import Engine
-from pipeline.generate import run_jobs
-from pipeline.loader import load_model
+from pipeline.loader import load_model, quiet_library_logging
 from pipeline.request import GenerationRequest
 from pipeline.video import write_mp4, write_spritesheet, write_thumbnail
+from tests.support.jobs import run_jobs
 from weights import DEFAULT_MODEL
 
 PROMPT = "a red circle moving left"
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    quiet_library_logging()
     with tempfile.TemporaryDirectory() as tmp:
         direct = direct_seconds(args.model, 1, tmp, args.runs)
         port = free_port()

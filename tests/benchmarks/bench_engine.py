@@ -14,10 +14,10 @@ import time
 import torch
 
 from pipeline.engine import Engine
-from pipeline.generate import run_jobs as run
-from pipeline.loader import load_model
+from pipeline.loader import load_model, quiet_library_logging
 from pipeline.models.expert import image_positions
 from pipeline.request import GenerationRequest
+from tests.support.jobs import one_expert_budget, run_jobs as run
 from weights import DEFAULT_MODEL
 
 PROMPTS = ["a red circle moving left", "a blue square growing", "a green triangle fading out", "a yellow circle moving up",
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating one-by-one / batched pairs")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
+    quiet_library_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     work = jobs(args.jobs)
@@ -86,7 +87,7 @@ def main() -> None:
     ratios = [round(p[0] / p[1], 2) for p in pairs]
     overhead = 1 - seq_engine.stats.forward_seconds / seq_engine.stats.tick_seconds
 
-    budget = model.one_expert_budget()
+    budget = one_expert_budget(model)
     seq_model = load_model(args.model, budget_bytes=budget)
     one_by_one(seq_model, work)
     seq_loads = seq_model.residency.stats.expert_loads() / args.jobs

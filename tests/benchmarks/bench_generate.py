@@ -26,9 +26,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from pipeline.generate import generate
-    from pipeline.loader import load_model
+    from pipeline.loader import load_model, quiet_library_logging
     from pipeline.request import GenerationRequest
 
+    quiet_library_logging()
     start = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - start

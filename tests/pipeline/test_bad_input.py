@@ -98,6 +98,47 @@ def test_verify_paris2_template_reports_missing_files_plainly():
     assert "text_encoder): folder missing" in proc.stdout
 
 
+def edit_manifest(folder, section: str, **changes) -> None:
+    path = folder / "model.json"
+    manifest = json.loads(path.read_text())
+    manifest[section].update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("limits, named", [
+    ({"temporal_compression": 8}, "limits.temporal_compression is 8, but the VAE compresses time by 4"),
+    # this VAE compresses space by 4 and the expert packs 2x2 patches: 8 pixels per token
+    ({"size_multiple": 4, "sizes": ["32x32"]}, "limits.size_multiple is 4, not a multiple of the VAE's spatial "
+                                               "compression x the expert's patch size (4 x 2 = 8)"),
+    ({"sizes": ["32x32", "40x36"]}, "limits.sizes: 40x36 is not a multiple of limits.size_multiple (8)"),
+])
+def test_limits_that_disagree_with_the_vae_are_refused_at_load_and_listed_by_verify(tiny_model_dir, tmp_path, limits,
+                                                                                   named):
+    broken = copy_model(tiny_model_dir, tmp_path / "m")
+    edit_manifest(broken, "limits", **limits)
+    with pytest.raises(ModelFolderError) as err:
+        load_model(broken)
+    assert err.value.problems == [f"{broken / 'model.json'}: {named}"]
+    assert verify_model_folder(broken) == err.value.problems
+
+
+def test_geometry_comes_from_the_vae_config(tiny_model):
+    vae = json.loads((tiny_model.folder / "vae" / "config.json").read_text())
+    assert (tiny_model.latent_channels, tiny_model.spatial_compression, tiny_model.temporal_compression) == (
+        vae["latent_channels"], vae["spatial_compression_ratio"], vae["temporal_compression_ratio"]) == (16, 4, 4)
+
+
+def test_unknown_dtype_is_a_model_folder_error_and_every_dtype_maps_to_torch(tiny_model_dir, tmp_path):
+    from pipeline.checkpoint import TORCH_DTYPES
+    from pipeline.manifest import DType
+
+    assert set(TORCH_DTYPES) == set(DType)
+    broken = copy_model(tiny_model_dir, tmp_path / "m")
+    edit_manifest(broken, "components", router={"class": "DiTRouter", "path": "router", "dtype": "fp64"})
+    with pytest.raises(ModelFolderError, match="components.router.dtype"):
+        load_model(broken)
+
+
 def test_bad_manifest_is_a_model_folder_error(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(ModelFolderError):

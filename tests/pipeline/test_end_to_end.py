@@ -4,7 +4,8 @@ from PIL import Image
 from pipeline.encoders import fit_image, vae_decode, vae_encode_frame
 from pipeline.generate import generate
 from pipeline.request import GenerationRequest
-from pipeline.video import read_mp4, write_mp4, write_spritesheet, write_thumbnail
+from pipeline.video import write_mp4, write_spritesheet, write_thumbnail
+from weights.recipe.detector import read_mp4
 
 
 def test_text_to_video_mp4_decodes_with_requested_frames_size_and_fps(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ from pipeline.checkpoint import load_strict
 from pipeline.errors import ModelFolderError
 from pipeline.models.expert import MMDiT, MMDiTConfig, image_positions, pack, unpack
 from pipeline.models.layers import apply_rope, rope_cos_sin
-from pipeline.tiny import tiny_expert_config
+from tests.support.tiny_model import tiny_expert_config
 
 
 def open_sora_v2_keys(depth: int, single: int) -> set[str]:

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from pipeline.engine import Engine
-from pipeline.generate import run_jobs as drive
 from pipeline.loader import load_model
 from pipeline.request import GenerationRequest, resolve
 from pipeline.residency import Residency
+from tests.support.jobs import one_expert_budget, run_jobs as drive
 
 
 def fake(n):
@@ -40,7 +40,7 @@ def test_prefetch_is_a_no_op_on_cpu():
 
 
 def one_expert_model(tiny_model_dir):
-    return load_model(tiny_model_dir, budget_bytes=load_model(tiny_model_dir).one_expert_budget())
+    return load_model(tiny_model_dir, budget_bytes=one_expert_budget(load_model(tiny_model_dir)))
 
 
 def mixed(i, steps=4):

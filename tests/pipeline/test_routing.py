@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pipeline.engine import Engine
-from pipeline.generate import run_jobs
 from pipeline.request import GenerationRequest, resolve
 from pipeline.routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK, policy_for
+from tests.support.jobs import run_jobs
 
 LOGITS = torch.tensor([0.0, 2.0, 1.0])
 PROBS = [math.exp(v) / sum(math.exp(x) for x in (0.0, 2.0, 1.0)) for v in (0.0, 2.0, 1.0)]

@@ -5,7 +5,7 @@ import torch
 
 from pipeline import sampling
 from pipeline.models.expert import MMDiT, image_positions, pack
-from pipeline.tiny import tiny_expert_config
+from tests.support.tiny_model import tiny_expert_config
 
 
 def test_shift_for_256px_129_frames_matches_hand_computation():

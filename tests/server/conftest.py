@@ -9,15 +9,6 @@ from .harness import Stack
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from pipeline.tiny import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    build_tiny_model(folder, steps=4)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def valkey(tmp_path_factory):
     server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), appendonly="yes")
     server.start()
@@ -43,13 +34,13 @@ def _stacks(base: Path, model: Path, redis_url: str):
 
 
 @pytest.fixture
-def make_stack(tmp_path, tiny_model, valkey):
+def make_stack(tmp_path, tiny_model_dir, valkey):
     """Factory: a Stack on the shared Valkey with a fresh key prefix; stopped after the test."""
-    with _stacks(tmp_path, tiny_model, valkey.connection_url) as make:
+    with _stacks(tmp_path, tiny_model_dir, valkey.connection_url) as make:
         yield make
 
 
 @pytest.fixture(scope="module")
-def make_module_stack(tmp_path_factory, tiny_model, valkey):
-    with _stacks(tmp_path_factory.mktemp("mod"), tiny_model, valkey.connection_url) as make:
+def make_module_stack(tmp_path_factory, tiny_model_dir, valkey):
+    with _stacks(tmp_path_factory.mktemp("mod"), tiny_model_dir, valkey.connection_url) as make:
         yield make

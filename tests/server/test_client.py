@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client.api import AsyncParisClient, ParisClient, ParisError, _Poll
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 KEY = "client-key-123"
 # fields that differ between any two jobs (residency: the weight traffic depends on what ran before)

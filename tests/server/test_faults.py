@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from pipeline.video import read_mp4
 from server.jobs import GROUP, JobStatus, Keys
+from weights.recipe.detector import read_mp4
 
 from .harness import wait_until
 

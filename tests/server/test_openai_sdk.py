@@ -7,7 +7,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -6,7 +6,7 @@ import pytest
 from openai import OpenAI
 
 from pipeline.manifest import parse_size, read_manifest
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 from .harness import REPO, Stack
 

@@ -8,16 +8,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from pipeline.video import read_mp4
+from weights.recipe.detector import read_mp4
 
 from .harness import REPO, Proc, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_model):
+def served(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
-    proc = Proc([sys.executable, "-m", "client.cli", "serve", "--model", str(tiny_model), "--data-dir",
+    proc = Proc([sys.executable, "-m", "client.cli", "serve", "--model", str(tiny_model_dir), "--data-dir",
                  str(tmp / "data"), "--port", str(port)], tmp / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:

@@ -166,8 +166,8 @@ def test_idempotency_key_gives_one_job(stack):
     assert theirs.json()["id"] != one["id"]
 
 
-def test_unauthenticated_public_bind_is_refused(tmp_path, tiny_model):
-    p = subprocess.run([sys.executable, "-m", "client.cli", "api", "--model", str(tiny_model), "--host", "0.0.0.0",
+def test_unauthenticated_public_bind_is_refused(tmp_path, tiny_model_dir):
+    p = subprocess.run([sys.executable, "-m", "client.cli", "api", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
                         "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert p.returncode != 0 and "--api-key" in p.stderr

@@ -2,6 +2,7 @@
 
 One module per job: `data` (synthetic clips), `encoders` (tokenizers + frozen text/image
 encoders), `vae` (HunyuanVideo VAE training), `latents` (latent cache), `experts` (flow-matching
-experts, one per motion cluster), `router` (cluster classifier), `build` (the whole run),
+experts, one per motion cluster), `router` (cluster classifier), `folder` (the model-folder
+layout and its writer, which the tests' tiny models use too), `build` (the whole run),
 `detector` + `evaluate` (reading generated MP4s back and scoring them).
 """

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.manifest import Manifest
+from pipeline.manifest import expert_key
 
-from .common import Timer, log_event, save_module, setup_logging
+from .common import Timer, log_event, setup_logging
 from .data import CLUSTERS, FPS, FRAMES, SIZE
 from .encoders import CLIP_DIM, DINO_DIM, TEXT_DIM, Encoders
 from .experts import expert_config, train_expert
+from .folder import ROUTER, components, save_module, save_vae, write_manifest
 from .latents import LatentCache, build_cache
 from .router import router_accuracy, router_config, train_router
 from .vae import build_vae, pretrain_on_frames, refine_decoder, train_vae
@@ -42,22 +43,14 @@ SAMPLING = dict(num_inference_steps=20, guidance_scale=2.5, image_guidance_scale
                 prompt_template="{prompt}")
 
 
-def manifest_dict(max_length: int, sampling: dict | None = None) -> dict:
+def manifest_dict(max_length: int) -> dict:
     return {
         "name": "paris-mini",
         "format": "paris-ddm/1",
         "description": "A tiny Decentralized Diffusion Model trained from scratch on synthetic clips "
                        "(one coloured shape on black; 3 experts: translation, scale, fade). See weights/recipe.",
-        "components": {
-            "t5": {"class": "T5EncoderModel", "path": "text_encoder", "tokenizer": "tokenizer", "max_length": max_length},
-            "clip": {"class": "CLIPTextModel", "path": "clip_text", "tokenizer": "clip_tokenizer",
-                     "max_length": max_length},
-            "dinov2": {"class": "Dinov2Model", "path": "image_encoder"},
-            "vae": {"class": "AutoencoderKLHunyuanVideo", "path": "vae"},
-            "router": {"class": "DiTRouter", "path": "router"},
-            "experts": [{"class": "MMDiT", "path": f"expert_{i}", "name": name} for i, name in enumerate(CLUSTERS)],
-        },
-        "sampling": {**SAMPLING, **(sampling or {})},
+        "components": components(max_length, list(CLUSTERS)),
+        "sampling": SAMPLING,
         "limits": {"sizes": [f"{SIZE}x{SIZE}"], "max_frames": FRAMES, "temporal_compression": 4,
                    "size_multiple": 8, "max_steps": 100, "max_fps": 60, "max_prompt_chars": 200},
         "routing": {"renormalize": True},
@@ -74,12 +67,12 @@ def _train_job(kind: str, index: int, name: str, cache_path: str, out: str, p: d
         cfg = expert_config(TEXT_DIM, CLIP_DIM, hidden=p["expert_hidden"])
         model, stats = train_expert(cache, index, cfg, p["expert_steps"], p["expert_batch"], seed + 30 + index,
                                     progress=progress, name=f"expert_{index}_{name}", position=index)
-        save_module(model, cfg, Path(out) / f"expert_{index}")
-        return f"expert_{index}", {**stats, "seconds": timer()}
+        save_module(model, cfg, Path(out) / expert_key(index))
+        return expert_key(index), {**stats, "seconds": timer()}
     rcfg = router_config(CLIP_DIM, DINO_DIM, num_experts=len(CLUSTERS))
     model, stats = train_router(cache, rcfg, p["router_steps"], p["router_batch"], seed + 40, progress=progress,
                                 position=index)
-    save_module(model, rcfg, Path(out) / "router")
+    save_module(model, rcfg, Path(out) / ROUTER)
     stats["train_cache_accuracy"] = {str(k): v for k, v in router_accuracy(model, cache).items()}
     return "router", {**stats, "seconds": timer()}
 
@@ -87,7 +80,7 @@ def _train_job(kind: str, index: int, name: str, cache_path: str, out: str, p: d
 def _refine_decoder(vae, out: Path, p: dict, seed: int, progress: bool, timer: Timer) -> dict:
     torch.set_num_threads(1)  # one thread, like every other training job
     stats = refine_decoder(vae, p["decoder_steps"], p["decoder_batch"], seed + 50, progress=progress)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    save_vae(vae, out)
     return {**stats, "seconds": timer()}
 
 
@@ -113,7 +106,7 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
     stats = pretrain_on_frames(vae, p["vae_frame_steps"], p["vae_frame_batch"], seed + 10, progress=progress)
     report["stages"]["vae_frames"] = {**stats, "seconds": timer()}
     stats = train_vae(vae, p["vae_steps"], p["vae_batch"], seed + 10, progress=progress)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    save_vae(vae, out)
     report["stages"]["vae"] = {**stats, "seconds": timer()}
 
     cache = build_cache(vae, encoders, p["per_cluster"], seed + 20, progress=progress)
@@ -143,9 +136,7 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
     # are unaffected; decoded clips (and i2v frame 0) get sharper.
     report["stages"]["vae_decoder"] = _refine_decoder(vae, out, p, seed, progress, timer)
 
-    manifest = manifest_dict(encoders.max_length)
-    Manifest.model_validate(manifest)
-    (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest_dict(encoders.max_length))
     report["seconds"] = timer()
     (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log_event("build_done", seconds=report["seconds"])

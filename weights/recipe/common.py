@@ -1,14 +1,12 @@
-"""Small helpers shared by the training stages: logging, seeding, safetensors I/O, LR schedule."""
+"""Small helpers shared by the training stages: logging, timing, LR schedule."""
 
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 log = logging.getLogger("paris.recipe")
 
@@ -33,18 +31,14 @@ def cosine_lr(step: int, total: int, base: float, warmup: int | None = None, flo
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float) -> None:
+    """One update at learning rate `lr`, gradients clipped to norm 1."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def save_module(module: torch.nn.Module, config, folder: Path) -> None:
-    """config.json (dataclass fields) + model.safetensors (contiguous fp32 state dict)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = asdict(config) if is_dataclass(config) else dict(config)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    state = {k: v.detach().float().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
 
 
 class Timer:

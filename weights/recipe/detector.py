@@ -7,8 +7,10 @@ divided by the size of that change in the training data; the largest wins, its s
 direction.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 
 from .data import COLOURS, MIN_BRIGHTNESS, SIZE
@@ -27,9 +29,6 @@ class Detection:
     motion: str | None
     scores: dict
     cues: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _frame_stats(frame: np.ndarray):
@@ -101,8 +100,16 @@ def detect(frames: np.ndarray) -> Detection:
     return Detection(colour, motion, {k: round(v, 4) for k, v in scores.items()}, {k: round(v, 4) for k, v in cues.items()})
 
 
-def detect_mp4(path) -> Detection:
-    from pipeline.video import read_mp4
+def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode an MP4 back to uint8 (F, H, W, 3) frames and its fps."""
+    reader = imageio.get_reader(str(path), format="ffmpeg")
+    try:
+        fps = reader.get_meta_data()["fps"]
+        return np.stack([frame for frame in reader]), fps
+    finally:
+        reader.close()
 
+
+def detect_mp4(path: str | Path) -> Detection:
     frames, _ = read_mp4(path)
     return detect(frames)

@@ -21,11 +21,11 @@ from transformers import (
 )
 
 from .data import COLOURS, MOTIONS, SHAPES, SIZE
+from .folder import CLIP, CLIP_TOKENIZER, DINOV2, T5, T5_TOKENIZER
 
 TEXT_MAX_LENGTH = 12
-TEXT_DIM = 64
-CLIP_DIM = 64
-DINO_DIM = 64
+WIDTH, DEPTH = 64, 2  # every encoder's hidden size and layer count (4 heads each)
+TEXT_DIM = CLIP_DIM = DINO_DIM = WIDTH  # T5 states, pooled CLIP, pooled DINOv2
 
 
 def vocabulary() -> list[str]:
@@ -80,9 +80,9 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def build_t5(vocab_size: int, seed: int) -> T5EncoderModel:
+def build_t5(vocab_size: int, seed: int, width: int = WIDTH, depth: int = DEPTH) -> T5EncoderModel:
     config = T5Config(
-        vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        vocab_size=vocab_size, d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=depth, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
         dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False,
     )
@@ -90,19 +90,21 @@ def build_t5(vocab_size: int, seed: int) -> T5EncoderModel:
     return _frozen(T5EncoderModel(config))
 
 
-def build_clip(vocab_size: int, seed: int, max_length: int = TEXT_MAX_LENGTH) -> CLIPTextModel:
+def build_clip(vocab_size: int, seed: int, max_length: int = TEXT_MAX_LENGTH, width: int = WIDTH,
+               depth: int = DEPTH) -> CLIPTextModel:
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=CLIP_DIM, intermediate_size=128, projection_dim=CLIP_DIM,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, projection_dim=width,
+        num_hidden_layers=depth, num_attention_heads=4, max_position_embeddings=max_length,
         bos_token_id=0, eos_token_id=1, pad_token_id=1, attention_dropout=0.0,
     )
     torch.manual_seed(seed)
     return _frozen(CLIPTextModel(config))
 
 
-def build_dinov2(seed: int, image_size: int = SIZE) -> tuple[Dinov2Model, BitImageProcessor]:
+def build_dinov2(seed: int, image_size: int = SIZE, width: int = WIDTH,
+                 depth: int = DEPTH) -> tuple[Dinov2Model, BitImageProcessor]:
     config = Dinov2Config(
-        hidden_size=DINO_DIM, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=image_size,
+        hidden_size=width, num_hidden_layers=depth, num_attention_heads=4, mlp_ratio=2, image_size=image_size,
         patch_size=8, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(seed)
@@ -116,15 +118,15 @@ def build_dinov2(seed: int, image_size: int = SIZE) -> tuple[Dinov2Model, BitIma
 
 
 class Encoders:
-    """The frozen conditioning stack, built from one seed."""
+    """The frozen conditioning stack, built from one seed (paris-mini's at the default size)."""
 
-    def __init__(self, seed: int = 0, max_length: int = TEXT_MAX_LENGTH):
+    def __init__(self, seed: int = 0, max_length: int = TEXT_MAX_LENGTH, width: int = WIDTH, depth: int = DEPTH):
         self.max_length = max_length
         self.t5_tokenizer = build_t5_tokenizer(max_length)
         self.clip_tokenizer = build_clip_tokenizer(max_length)
-        self.t5 = build_t5(len(self.t5_tokenizer), seed)
-        self.clip = build_clip(len(self.clip_tokenizer), seed + 1, max_length)
-        self.dinov2, self.image_processor = build_dinov2(seed + 2)
+        self.t5 = build_t5(len(self.t5_tokenizer), seed, width, depth)
+        self.clip = build_clip(len(self.clip_tokenizer), seed + 1, max_length, width, depth)
+        self.dinov2, self.image_processor = build_dinov2(seed + 2, width=width, depth=depth)
 
     @classmethod
     def from_model(cls, model) -> "Encoders":
@@ -138,12 +140,12 @@ class Encoders:
 
     def save(self, out: Path) -> None:
         out = Path(out)
-        self.t5.save_pretrained(out / "text_encoder")
-        self.t5_tokenizer.save_pretrained(out / "tokenizer")
-        self.clip.save_pretrained(out / "clip_text")
-        self.clip_tokenizer.save_pretrained(out / "clip_tokenizer")
-        self.dinov2.save_pretrained(out / "image_encoder")
-        self.image_processor.save_pretrained(out / "image_encoder")
+        self.t5.save_pretrained(out / T5)
+        self.t5_tokenizer.save_pretrained(out / T5_TOKENIZER)
+        self.clip.save_pretrained(out / CLIP)
+        self.clip_tokenizer.save_pretrained(out / CLIP_TOKENIZER)
+        self.dinov2.save_pretrained(out / DINOV2)
+        self.image_processor.save_pretrained(out / DINOV2)
 
     # Same calls the inference pipeline makes, so training and inference condition identically.
     def text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

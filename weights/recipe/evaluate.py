@@ -22,8 +22,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from weights import DEFAULT_MODEL
+
 from .data import CLUSTERS, COLOURS, MOTIONS, SHAPES, ClipSpec, render_clip
-from .detector import detect_mp4
+from .detector import detect, read_mp4
 
 THRESHOLDS = {"t2v_colour": 0.85, "t2v_motion": 0.75, "i2v_psnr": 25.0, "i2v_colour": 0.85, "i2v_motion": 0.70,
               "router_t_le_0.5": 0.90}
@@ -46,36 +48,33 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Runner:
-    def __init__(self, model, workdir: Path, steps: int | None = None, guidance: float | None = None):
-        from pipeline.generate import generate
-        from pipeline.request import GenerationRequest
-        from pipeline.video import read_mp4, write_mp4
+    """Generates one clip, writes it as MP4, reads it back and scores what it shows."""
 
+    def __init__(self, model, workdir: Path, steps: int | None = None, guidance: float | None = None):
         self.model, self.workdir, self.steps, self.guidance = model, workdir, steps, guidance
-        self._generate, self._request, self._write, self._read = generate, GenerationRequest, write_mp4, read_mp4
         self.times: list[float] = []
         self.count = 0
 
     def __call__(self, spec: ClipSpec, seed: int, image: np.ndarray | None = None, **routing) -> dict:
-        request = self._request(prompt=spec.prompt, seed=seed, num_inference_steps=self.steps,
-                                guidance_scale=self.guidance, image=Image.fromarray(image) if image is not None else None,
-                                **routing)
+        from pipeline.generate import generate
+        from pipeline.request import GenerationRequest
+        from pipeline.video import write_mp4
+
+        request = GenerationRequest(prompt=spec.prompt, seed=seed, num_inference_steps=self.steps,
+                                    guidance_scale=self.guidance,
+                                    image=Image.fromarray(image) if image is not None else None, **routing)
         start = time.perf_counter()
-        result = self._generate(self.model, request)
+        result = generate(self.model, request)
         self.times.append(time.perf_counter() - start)
         self.count += 1
-        path = self.workdir / f"clip_{self.count:04d}.mp4"
-        self._write(result.frames, result.fps, path)
-        frames, _ = self._read(path)
-        det = detect_mp4(path)
+        path = write_mp4(result.frames, result.fps, self.workdir / f"clip_{self.count:04d}.mp4")
+        frames, _ = read_mp4(path)
+        det = detect(frames)
         row = {"prompt": spec.prompt, "seed": seed, "cluster": spec.cluster, "colour": det.colour, "motion": det.motion,
-               "colour_ok": det.colour == spec.colour, "motion_ok": det.motion == spec.motion, "cues": det.cues}
+               "colour_ok": det.colour == spec.colour, "motion_ok": det.motion == spec.motion, "cues": det.cues,
+               "experts": sorted({e for step in result.trace.steps for e in step["experts"]})}
         if image is not None:
             row["psnr_frame0"] = psnr(frames[0], image)
-        trace = getattr(result, "trace", None)
-        steps = getattr(trace, "steps", None)
-        if steps:
-            row["experts"] = sorted({e for s in steps for e in s["experts"]})
         row["_frames"] = frames
         return row
 
@@ -128,7 +127,7 @@ def evaluate(model_dir: Path, seeds=(0, 1), steps: int | None = None, guidance: 
 
     report["t2v"] = {"colour_acc": _mean(t2v, "colour_ok"), "motion_acc": _mean(t2v, "motion_ok"), "n": len(t2v),
                      "per_cluster_motion": {c: _mean([r for r in t2v if r["cluster"] == c], "motion_ok") for c in CLUSTERS},
-                     "routed_to_own_expert": _mean([{"ok": r.get("experts") == [CLUSTERS.index(r["cluster"])]} for r in t2v], "ok"),
+                     "routed_to_own_expert": _mean([{"ok": r["experts"] == [CLUSTERS.index(r["cluster"])]} for r in t2v], "ok"),
                      "seconds_per_video": float(np.median(gen_times))}
     report["i2v"] = {"psnr_frame0_mean": _mean(i2v, "psnr_frame0"), "psnr_frame0_min": float(min(r["psnr_frame0"] for r in i2v)),
                      "colour_acc": _mean(i2v, "colour_ok"), "motion_acc": _mean(i2v, "motion_ok"), "n": len(i2v)}
@@ -205,8 +204,6 @@ def format_table(report: dict) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    from weights import DEFAULT_MODEL
-
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--json", type=Path, default=Path("paris-mini-eval.json"), help="where to write the report")
     ap.add_argument("--samples", type=Path, default=None, help="write a spritesheet PNG of some clips here")
@@ -217,6 +214,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from pipeline.loader import quiet_library_logging
+
+    quiet_library_logging()
     torch.set_num_threads(args.threads)
     report = evaluate(args.model, steps=args.steps, guidance=args.guidance, quick=args.quick, samples_png=args.samples)
     args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")

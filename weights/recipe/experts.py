@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pipeline.models.expert import MMDiT, MMDiTConfig, image_positions, pack
 from pipeline.sampling import resolution_shift, shift_time
 
-from .common import cosine_lr, log_event, set_lr
+from .common import cosine_lr, log_event, optimizer_step
 from .latents import LatentCache
 
 
@@ -84,11 +84,7 @@ def train_expert(cache: LatentCache, cluster: int, config: MMDiTConfig, steps: i
         t = sample_t(batch, alpha, gen)
         noise = torch.randn(x0.shape, generator=gen)
         loss = flow_loss(model, x0, cache.t5[pidx], cache.clip[pidx], cond, t, noise)
-        set_lr(opt, cosine_lr(step, steps, lr))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), cosine_lr(step, steps, lr))
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):

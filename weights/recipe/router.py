@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from pipeline.models.router import DiTRouter, RouterConfig
 
-from .common import cosine_lr, log_event, set_lr
+from .common import cosine_lr, log_event, optimizer_step
 from .latents import LatentCache
 
 
@@ -47,11 +47,7 @@ def train_router(cache: LatentCache, config: RouterConfig, steps: int, batch: in
         has_image = torch.rand(batch, generator=gen) < image_keep
         logits = model(xt, t, cache.clip[pidx], cache.image_feature[idx], has_image)
         loss = F.cross_entropy(logits, label)
-        set_lr(opt, cosine_lr(step, steps, lr))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), cosine_lr(step, steps, lr))
         history.append(loss.item())
         correct.append((logits.argmax(-1) == label).float().mean().item())
         if step % 50 == 0 or step == steps - 1:

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 from tqdm import tqdm
 
-from .common import cosine_lr, log_event, set_lr
+from .common import cosine_lr, log_event, optimizer_step
 from .data import make_clips, to_model_space
 
 VAE_CONFIG = dict(
@@ -134,11 +134,7 @@ def train_vae(vae: AutoencoderKLHunyuanVideo, steps: int, batch: int, seed: int,
             + consistency_weight * (z1 - z[:, :, :1]).pow(2).mean() / scale.pow(2)
             + l2_weight * z.pow(2).mean()
         )
-        set_lr(opt, cosine_lr(step, steps, lr))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), cosine_lr(step, steps, lr))
         history.append(loss.item())
         _log_progress(vae, bar, history, step, steps, eval_every, "vae_step",
                       lambda: {k: v for k, v in evaluate_vae(vae, val).items() if k.startswith("psnr")})
@@ -196,11 +192,7 @@ def refine_decoder(vae: AutoencoderKLHunyuanVideo, steps: int, batch: int, seed:
         target = torch.cat([x, x])
         rec = vae.decode(z_all + latent_noise * z.std() * torch.randn_like(z_all)).sample
         loss = (rec - target).pow(2).mean()
-        set_lr(opt, cosine_lr(step, steps, lr))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(step, steps, lr))
         history.append(loss.item())
         if step % 25 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{np.mean(history[-25:]):.4f}")
