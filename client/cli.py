@@ -7,6 +7,7 @@ import sys
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(run=...)`.
 COMMAND_MODULES = [
     "pipeline.cli",
+    "pipeline.planner.cli",
     "server.cli",
     "client.submit",
     "weights.recipe.cli",
