@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..encoders import configure_vae_decoding
 from ..manifest import Manifest, expert_key, parse_size, read_manifest
 from ..models.expert import MMDiT
+from ..request import GenerationRequest, resolve
 from ..sampling import latent_frames
 from .meta import meta_module, module_bytes, weight_bytes
 from .peak_memory import PeakMemory
@@ -91,7 +92,7 @@ class Footprint:
     model: str
     shape: ClipShape
     max_batch: int
-    rows_per_request: int  # 3 when the experts take an image condition (i2v), else 2
+    rows_per_request: int  # 3 when the model takes a first frame (image-to-video), else 2
     weights: dict[str, int]  # component registry name -> device bytes
     weight_sources: dict[str, str]  # "safetensors" or "config"
     expert: ExpertCost
@@ -217,6 +218,7 @@ def measure_footprint(folder: str | Path, size: str | None = None, frames: int |
     limits, components = manifest.limits, manifest.components
     size = size or max(limits.sizes, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
     frames = frames or limits.max_frames
+    resolve(manifest, GenerationRequest(prompt="plan", num_frames=frames, size=size))  # the model's limits, checked in one place
     named = components.named()
     measured = {name: weight_bytes(comp, folder / comp.path) for name, comp in named.items()}
     modules = {name: meta_module(named[name], folder / named[name].path) for name in ("vae", "router", "t5", "clip")}
@@ -236,7 +238,7 @@ def measure_footprint(folder: str | Path, size: str | None = None, frames: int |
     clip_dim = modules["clip"].config.hidden_size
     return Footprint(
         model=manifest.name, shape=shape, max_batch=max_batch,
-        rows_per_request=3 if expert.config.cond_embed else 2,
+        rows_per_request=3 if expert.config.cond_embed and components.dinov2 is not None else 2,
         weights={n: b for n, (b, _) in measured.items()}, weight_sources={n: s for n, (_, s) in measured.items()},
         expert=measure_expert(expert, shape),
         router_peak=peak_bytes(lambda: router_forward(modules["router"], shape, max_batch)),

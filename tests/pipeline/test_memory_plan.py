@@ -256,3 +256,13 @@ def test_paris_plan_without_a_device_budget_on_a_cpu_machine_says_what_to_give(c
         pytest.skip("this machine has CUDA: the free memory is the default budget")
     assert paris(["plan", "--model", str(PARIS_2)]) == 2
     assert "--device-memory" in capsys.readouterr().err
+
+
+def test_a_small_model_keeps_everything_resident_and_decodes_videos_together_where_they_fit():
+    footprint = measure_footprint(PARIS_MINI, max_batch=8)
+    assert set(footprint.weight_sources.values()) == {"safetensors"}
+    plan = make_plan(footprint, Target(4 * GiB, 4 * GiB, max_batch=8))
+    assert set(plan.placement.values()) == {Placement.RESIDENT}
+    # a 24-row forward (11.6 MB) has room for two 5.5 MB decodes, not three: decoding never sets the peak
+    assert footprint.expert.activation.at(24) // footprint.decode_peak == 2
+    assert plan.decodes_at_once == 2 and plan.largest_phase == "denoise"
