@@ -10,6 +10,7 @@ from weights import DEFAULT_MODEL
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(run=...)`.
 # pipeline.cli registers first, given the default model (the pipeline does not import weights/).
 COMMAND_MODULES = [
+    "pipeline.planner.cli",
     "server.cli",
     "client.submit",
     "weights.recipe.cli",

@@ -95,7 +95,7 @@ def test_verify_paris2_template_reports_missing_files_plainly():
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "expert_0" in proc.stdout and "no *.safetensors weight files" in proc.stdout
-    assert "text_encoder): folder missing" in proc.stdout
+    assert "weights/paris-2/text_encoder: no *.safetensors weight files" in proc.stdout  # its config.json ships
 
 
 def edit_manifest(folder, section: str, **changes) -> None:

@@ -1,0 +1,77 @@
+"""`paris plan`: measure a model folder on the meta device and print the residency plan for a
+device and host budget (a table, or `--json`)."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFolderError
+from ..residency import free_memory, parse_budget
+from .footprint import measure_footprint
+from .plan import Placement, Plan, PlanRefused, Target, default_host_memory, gib, make_plan
+
+
+def register(sub) -> None:
+    plan = sub.add_parser("plan", help="measure a model on the meta device and plan where its weights live")
+    plan.add_argument("--model", type=Path, required=True, help="model folder (configs and safetensors headers are read)")
+    plan.add_argument("--device-memory", help="device budget, e.g. 80GiB (default on CUDA: the free memory now)")
+    plan.add_argument("--host-memory", help="host budget for pinned copies (default: 90%% of this machine's RAM)")
+    plan.add_argument("--reserve", help="device memory held back (default: 5%% of the device budget, at least 2GiB)")
+    plan.add_argument("--max-batch", type=int, default=8, help="requests served at once")
+    plan.add_argument("--size", help="WIDTHxHEIGHT (default: the largest the model allows)")
+    plan.add_argument("--frames", type=int, help="frames per video (default: the most the model allows)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=run_plan)
+
+
+def target_from_args(args) -> Target:
+    if args.device_memory is None and not torch.cuda.is_available():
+        raise ValueError("no CUDA device here: give the device budget with --device-memory (e.g. 80GiB)")
+    device_memory = parse_budget(args.device_memory, "cpu") if args.device_memory else free_memory(torch.device("cuda"))
+    host_memory = parse_budget(args.host_memory, "cpu") if args.host_memory else default_host_memory()
+    reserve = parse_budget(args.reserve, "cpu") if args.reserve else None
+    return Target(device_memory, host_memory, max_batch=args.max_batch, reserve=reserve)
+
+
+def run_plan(args) -> int:
+    try:
+        target = target_from_args(args)
+        footprint = measure_footprint(args.model, args.size, args.frames, args.max_batch)
+        plan = make_plan(footprint, target)
+    except (ValueError, ModelFolderError) as exc:  # PlanRefused is a ValueError: its message names what does not fit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_json(), indent=2) if args.json else table(plan))
+    return 0
+
+
+def where(plan: Plan, name: str) -> str:
+    placement = plan.placement[name]
+    if placement is Placement.STREAMED:
+        return f"streamed block by block from pinned host memory ({plan.target.window_blocks}-block window)"
+    if placement is Placement.ON_DEMAND:
+        return "pinned host memory; on the device only while encoding"
+    return "resident on the device"
+
+
+def table(plan: Plan) -> str:
+    f, t = plan.footprint, plan.target
+    rows = [f"{f.model}: {f.shape.label}, up to {t.max_batch} requests at once",
+            f"budget: device {gib(t.device_memory)} (reserve {gib(t.held_back)}), host {gib(t.host_memory)}", "",
+            f"{'component':<10} {'bytes':>10}  {'from':<11} where"]
+    rows += [f"{n:<10} {gib(f.weights[n]):>10}  {f.weight_sources[n]:<11} {where(plan, n)}" for n in plan.placement]
+    peaks = ", ".join(f"{r} rows {gib(b)}" for r, b in plan.activation_peaks.items())
+    rows += ["", f"expert forward activation peak: {peaks} (2 rows per text-to-video request, 3 per image-to-video)",
+             f"rows per forward: {plan.rows_per_forward}",
+             f"VAE decode peak: {gib(f.decode_peak)} per video; {plan.decodes_at_once} decoded at a time",
+             f"embedding cache: {plan.cache_entries} texts",
+             "phases (peak of each, weights brought in included): "
+             + ", ".join(f"{k} {gib(v)}" for k, v in plan.phases.items()), "",
+             f"device: resident weights {gib(plan.resident_bytes)} + streaming window {gib(plan.window_bytes)}"
+             f" + embeddings {gib(plan.embedding_bytes)} + largest phase ({plan.largest_phase}) {gib(plan.phases[plan.largest_phase])}"
+             f" = {gib(plan.device_bytes)} of the {gib(plan.budget)} budget ({gib(t.device_memory)} less {gib(t.held_back)} reserve)",
+             f"host: pinned copies + one component being read = {gib(plan.host_bytes)} of {gib(t.host_memory)}"]
+    return "\n".join(rows)
+

@@ -1,0 +1,239 @@
+"""The residency plan: where every component lives under a device and a host budget, as data.
+
+Budget arithmetic. An engine tick runs its phases one after another: encode new texts (T5,
+CLIP), encode new first frames (VAE, DINOv2), denoise (router, then one forward per expert),
+decode finished videos. Only one phase's temporary tensors are alive at a time, so the device
+budget (its memory less a reserve) must hold
+
+    resident weights + streaming window + embeddings + the largest phase
+
+where a phase's bytes are its peak activations plus the weights it brings for the duration (an
+encoder kept on the host is copied in for its phase and leaves after it). The plan starts from
+the least that can serve one request of the given size (every expert streamed, encoders on
+demand, one request's rows per forward, one video decoded at a time) and refuses, naming the
+parts, when even that does not fit. It then spends what is left in order of what saves the
+most time: rows per forward up to a full text-to-video batch (2 rows a request), experts
+resident (each saves streaming 22 GiB per use), CLIP and DINOv2 resident, the embedding cache,
+rows up to a full image-to-video batch (3 rows a request), T5 resident (else it is copied in
+for each batch of new prompts), and more videos decoded at once only where they fit in the room
+another phase already needs.
+"""
+
+import os
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from .footprint import Footprint
+
+GiB = 2**30
+MIN_RESERVE = 2 * GiB  # cuBLAS and cuDNN workspaces, and allocator fragmentation on small devices
+RESERVE_SHARE = 0.05  # allocator fragmentation grows with the pool
+HOST_SHARE = 0.9  # of the machine's RAM, leaving the rest to the OS, Python and Redis
+ON_DEMAND_ENCODERS = ("t5", "clip", "dinov2")  # the engine needs them only while encoding
+WINDOW_BLOCKS = 3  # one block computing, two in flight: hides the copy wherever compute can
+CACHE_ENTRIES = 256  # the engine's EmbeddingCache size
+
+
+class Placement(StrEnum):
+    RESIDENT = "resident"  # on the device all the time
+    STREAMED = "streamed"  # pinned on the host; its blocks pass through the window while it runs
+    ON_DEMAND = "on demand"  # pinned on the host; copied in whole for its phase, then leaves
+
+
+class PlanRefused(ValueError):
+    """A budget that cannot serve one request of the largest allowed size."""
+
+
+def default_reserve(device_memory: int) -> int:
+    return max(MIN_RESERVE, int(device_memory * RESERVE_SHARE))
+
+
+def device_budget(device_memory: int, reserve: int | None = None) -> int:
+    """What a plan may fill: the device memory given minus the reserve. On CUDA the memory
+    given defaults to the free memory at start (`torch.cuda.mem_get_info`), so what other
+    processes hold is never counted on."""
+    return device_memory - (default_reserve(device_memory) if reserve is None else reserve)
+
+
+def default_host_memory() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * HOST_SHARE)
+
+
+@dataclass(frozen=True)
+class Target:
+    device_memory: int
+    host_memory: int
+    max_batch: int = 8
+    reserve: int | None = None  # None: default_reserve(device_memory)
+    window_blocks: int = WINDOW_BLOCKS
+    cache_entries: int = CACHE_ENTRIES
+
+    @property
+    def held_back(self) -> int:
+        return self.device_memory - device_budget(self.device_memory, self.reserve)
+
+
+@dataclass(frozen=True)
+class Plan:
+    footprint: Footprint
+    target: Target
+    placement: dict[str, Placement]
+    rows_per_forward: int  # the engine splits a larger group of rows into forwards of this many
+    decodes_at_once: int
+    cache_entries: int
+
+    @property
+    def streamed(self) -> list[str]:
+        return [n for n, p in self.placement.items() if p is Placement.STREAMED]
+
+    @property
+    def window_bytes(self) -> int:
+        return self.target.window_blocks * max(self.footprint.expert.block_bytes) if self.streamed else 0
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.footprint.weights[n] for n, p in self.placement.items() if p is Placement.RESIDENT)
+
+    @property
+    def embedding_bytes(self) -> int:
+        """The cache, plus the texts of active requests that it may have evicted."""
+        return (self.cache_entries + 2 * self.target.max_batch) * self.footprint.embedding_bytes
+
+    @property
+    def largest_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    @property
+    def device_bytes(self) -> int:
+        """What the plan fills on the device (the reserve comes on top)."""
+        return self.resident_bytes + self.window_bytes + self.embedding_bytes + self.phases[self.largest_phase]
+
+    @property
+    def host_bytes(self) -> int:
+        """Pinned copies of everything not resident, plus one component read from disk at a
+        time (pageable) before it is pinned or moved."""
+        kept = [self.footprint.weights[n] for n, p in self.placement.items() if p is not Placement.RESIDENT]
+        return sum(kept) + max(self.footprint.weights.values())
+
+    @property
+    def budget(self) -> int:
+        return device_budget(self.target.device_memory, self.target.reserve)
+
+    @property
+    def fits_device(self) -> bool:
+        return self.device_bytes <= self.budget
+
+    @property
+    def phases(self) -> dict[str, int]:
+        """Peak bytes of each phase of a tick: activations plus the weights brought for it."""
+        f, on_demand = self.footprint, self._brought
+        texts = 2 * self.target.max_batch
+        return {
+            "encode text": max(on_demand("t5") + f.t5_peak, on_demand("clip") + f.clip_peak + texts * f.embedding_bytes),
+            "encode image": on_demand("dinov2") + f.image_encode_peak,
+            "denoise": max(f.router_peak, f.expert.activation.at(self.rows_per_forward)),
+            "decode": self.decodes_at_once * f.decode_peak,
+        }
+
+    @property
+    def activation_peaks(self) -> dict[int, int]:
+        """One expert forward's peak at one request and at max_batch requests (text-to-video and
+        image-to-video rows) and at the plan's rows per forward."""
+        f, batch = self.footprint, self.target.max_batch
+        rows = sorted({2, f.rows_per_request, 2 * batch, f.rows_per_request * batch, self.rows_per_forward})
+        return {r: f.expert.activation.at(r) for r in rows}
+
+    def _brought(self, name: str) -> int:
+        return self.footprint.weights.get(name, 0) if self.placement.get(name) is Placement.ON_DEMAND else 0
+
+    def to_json(self) -> dict:
+        f = self.footprint
+        return {
+            "model": f.model, "clip": f.shape.label, "max_batch": self.target.max_batch,
+            "device_memory": self.target.device_memory, "host_memory": self.target.host_memory,
+            "reserve": self.target.held_back, "device_budget": self.budget,
+            "components": {n: {"bytes": f.weights[n], "from": f.weight_sources[n], "placement": str(p)}
+                           for n, p in self.placement.items()},
+            "streamed": self.streamed, "window_blocks": self.target.window_blocks if self.streamed else 0,
+            "window_bytes": self.window_bytes, "rows_per_forward": self.rows_per_forward,
+            "decodes_at_once": self.decodes_at_once, "cache_entries": self.cache_entries,
+            "embedding_bytes": self.embedding_bytes,
+            "activation_peak_by_rows": self.activation_peaks,
+            "decode_peak_per_video": f.decode_peak, "phases": self.phases, "largest_phase": self.largest_phase,
+            "device_bytes": self.device_bytes, "host_bytes": self.host_bytes,
+            "device_headroom": self.budget - self.device_bytes,
+        }
+
+
+def least_plan(footprint: Footprint, target: Target) -> Plan:
+    """What any plan needs: experts streamed, encoders on demand, one request's rows per
+    forward, one video decoded at a time, a cache as large as one batch of texts."""
+    placement = {n: Placement.RESIDENT for n in ("vae", "router")}
+    placement |= {n: Placement.ON_DEMAND for n in ON_DEMAND_ENCODERS if n in footprint.weights}
+    placement |= {n: Placement.STREAMED for n in footprint.expert_names}
+    return Plan(footprint, target, placement, rows_per_forward=footprint.rows_per_request, decodes_at_once=1,
+                cache_entries=min(target.cache_entries, 2 * target.max_batch))
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def device_refusal(plan: Plan) -> str:
+    f, t = plan.footprint, plan.target
+    phase = plan.largest_phase
+    need = gib(plan.phases[phase])
+    what = {"denoise": f"one expert forward ({plan.rows_per_forward} rows) needs {need} of activations",
+            "decode": f"decoding one video needs {need}",
+            "encode text": f"encoding text (T5 brought to the device) needs {need}",
+            "encode image": f"encoding first frames needs {need}"}[phase]
+    return (f"{gib(t.device_memory)} of device memory cannot serve one {f.shape.label} request: {what}"
+            f" + {gib(plan.window_bytes)} streaming window ({t.window_blocks} blocks)"
+            f" + {gib(plan.resident_bytes)} resident weights (vae, router) + {gib(plan.embedding_bytes)} text embeddings"
+            f" = {gib(plan.device_bytes)}, and {gib(t.held_back)} is held in reserve; the budget leaves"
+            f" {gib(plan.budget - plan.device_bytes + plan.phases[phase])} for the {phase} phase")
+
+
+def host_refusal(plan: Plan) -> str:
+    return (f"{gib(plan.target.host_memory)} of host memory cannot hold the pinned copies of "
+            f"{', '.join(n for n, p in plan.placement.items() if p is not Placement.RESIDENT)} plus one component"
+            f" being read from disk: {gib(plan.host_bytes)} needed")
+
+
+def make_plan(footprint: Footprint, target: Target) -> Plan:
+    """The plan for `target`, or PlanRefused naming what does not fit (see the module docstring).
+    Every step up from the least plan keeps more on the device, so it needs less host memory:
+    the host budget is checked once, on the final plan."""
+    plan = least_plan(footprint, target)
+    if not plan.fits_device:
+        raise PlanRefused(device_refusal(plan))
+
+    def better(candidate: Plan) -> bool:
+        nonlocal plan
+        if candidate.fits_device:
+            plan = candidate
+        return candidate.fits_device
+
+    def more_rows(most: int) -> None:
+        for rows in range(most, plan.rows_per_forward, -1):
+            if better(replace(plan, rows_per_forward=rows)):
+                return
+
+    def keep_resident(names) -> None:
+        for name in names:
+            if name in plan.placement:
+                better(replace(plan, placement=plan.placement | {name: Placement.RESIDENT}))
+
+    more_rows(2 * target.max_batch)
+    keep_resident(footprint.expert_names)
+    keep_resident(("clip", "dinov2"))
+    for entries in range(target.cache_entries, plan.cache_entries, -1):
+        if better(replace(plan, cache_entries=entries)):
+            break
+    more_rows(footprint.rows_per_request * target.max_batch)
+    keep_resident(("t5",))
+    room = max(v for k, v in plan.phases.items() if k != "decode")  # decoding more videos must not grow the largest phase
+    plan = replace(plan, decodes_at_once=max(1, min(target.max_batch, room // footprint.decode_peak)))
+    if plan.host_bytes > target.host_memory:
+        raise PlanRefused(host_refusal(plan))
+    return plan
