@@ -1,7 +1,7 @@
 """The expert: a FLUX-style MM-DiT, checkpoint-compatible with Open-Sora v2's `MMDiTModel`
 (same config field names, unfused state-dict keys, rotate-half RoPE over (t, h, w))."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -62,6 +62,21 @@ def image_positions(t: int, h: int, w: int, patch: int = 2) -> torch.Tensor:
     return torch.stack(grid, dim=-1).reshape(-1, 3)
 
 
+@dataclass
+class Hidden:
+    """The expert's state between blocks, one row per batch row: image and text tokens, the
+    conditioning vector (timestep + pooled text) and the RoPE tables."""
+
+    img: torch.Tensor  # (B, N, hidden)
+    txt: torch.Tensor  # (B, L, hidden)
+    vec: torch.Tensor  # (B, hidden)
+    cos: torch.Tensor  # (B, 1, L + N, head_dim)
+    sin: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "Hidden":
+        return Hidden(self.img[index], self.txt[index], self.vec[index], self.cos[index], self.sin[index])
+
+
 class MMDiT(nn.Module):
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -89,16 +104,40 @@ class MMDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.img_in.weight.dtype
 
+    @property
+    def num_blocks(self) -> int:
+        return len(self.double_blocks) + len(self.single_blocks)
+
     def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None):
+        return self.final(self.run_blocks(self.embed(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)))
+
+    # The forward in parts, so that step caching (pipeline/step_cache.py) can run the blocks
+    # for some rows only.
+    def embed(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None) -> Hidden:
         x = self.img_in(img)
         if self.config.cond_embed and cond is not None:
             x = x + self.cond_in(cond)
         vec = self.time_in(timestep_embedding(timesteps, 256).to(x.dtype)) + self.vector_in(y_vec)
-        txt = self.txt_in(txt)
         cos, sin = rope_cos_sin(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
+        return Hidden(x, self.txt_in(txt), vec, cos, sin)
+
+    def modulated_input(self, h: Hidden) -> torch.Tensor:
+        """What the first block's image attention reads: the image tokens normalised and
+        modulated by the conditioning vector (timestep + text). Step caching watches how it
+        changes between steps (TeaCache's signal); it costs one linear on the vector per row."""
+        block = self.double_blocks[0]
+        mod, _ = block.img_mod(h.vec)
+        return mod.apply(block.img_norm1(h.img))
+
+    def run_blocks(self, h: Hidden) -> Hidden:
+        """Every block: the double-stream blocks, then the single-stream blocks over [txt; img]."""
+        img, txt = h.img, h.txt
         for block in self.double_blocks:
-            x, txt = block(x, txt, vec, cos, sin)
-        x = torch.cat((txt, x), dim=1)
+            img, txt = block(img, txt, h.vec, h.cos, h.sin)
+        x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
-            x = block(x, vec, cos, sin)
-        return self.final_layer(x[:, txt.shape[1] :], vec)
+            x = block(x, h.vec, h.cos, h.sin)
+        return replace(h, img=x[:, txt.shape[1] :], txt=x[:, : txt.shape[1]])
+
+    def final(self, h: Hidden) -> torch.Tensor:
+        return self.final_layer(h.img, h.vec)
