@@ -202,5 +202,3 @@ def _is_interval(value) -> bool:
     return (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and 0.0 <= value[0] <= value[1] <= 1.0)
-
-

@@ -40,8 +40,11 @@ class SpeedPreset:
     guidance_interval: tuple[float, float] | None  # None: the model's default interval
 
 
+# Calibrated on paris-mini at 50 steps (tests/benchmarks/bench_speed_presets.py; README, "Speed
+# presets"). The interval only drops the unconditional branches near the end (t < t_low), where
+# they move the video least; dropping them early (high t) changes what the video shows.
 PRESETS: dict[Speed, SpeedPreset] = {
     Speed.QUALITY: SpeedPreset(CachePolicy(), None),
-    Speed.BALANCED: SpeedPreset(CachePolicy(threshold=0.05, warmup=0.1, max_reuse=2), None),
-    Speed.FAST: SpeedPreset(CachePolicy(threshold=0.1, warmup=0.1, max_reuse=3), None),
+    Speed.BALANCED: SpeedPreset(CachePolicy(threshold=0.05, warmup=0.1, max_reuse=2), (0.1, 1.0)),
+    Speed.FAST: SpeedPreset(CachePolicy(threshold=0.1, warmup=0.1, max_reuse=3), (0.15, 1.0)),
 }

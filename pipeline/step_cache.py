@@ -7,9 +7,9 @@ the relative L1 changes of that input, summed since the row last computed, stay 
 preset's threshold, the row skips every block and adds the residual the blocks produced when
 it last computed. One batched forward mixes such rows with computing rows: the embedding runs
 for every row, the decision is made per row, the blocks run for the computing rows only, and
-the final layer runs for every row. The signal was chosen over the first block's output change
-(first-block cache) by measuring both on paris-mini (README, "Speed presets"): at the same
-PSNR against the uncached video it skips as many rows and never pays for a block to decide.
+the final layer runs for every row. This signal is known before any block runs, so a row that
+reuses costs no block at all; the first block's output change (first-block cache) would make
+every row pay one block to decide.
 
 The cache lives with the request (`StepCache`, in its RequestState) and is keyed by expert and
 branch. An entry serves only the step right after the one it last served: if the router moved
@@ -96,13 +96,13 @@ def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[
         index = torch.tensor(compute, device=img.device)
         out = expert.run_blocks(h.rows(index)).img
         img[index] = out
-        for j, i in enumerate(compute):
+        for j, i in enumerate(compute):  # entries keep copies: a view would hold the whole batch's tensor
             r = rows[i]
-            r.cache.store(r.key, r.branch, r.step, signal[i], out[j] - h.img[i])
+            r.cache.store(r.key, r.branch, r.step, signal[i].clone(), out[j] - h.img[i])
     for i, entry in enumerate(reuse):
         if entry is not None:
             img[i] += entry.residual
-            entry.signal, entry.step, entry.reused = signal[i], rows[i].step, entry.reused + 1
+            entry.signal, entry.step, entry.reused = signal[i].clone(), rows[i].step, entry.reused + 1
     blocks = [0 if entry is not None else expert.num_blocks for entry in reuse]
     return expert.final(replace(h, img=img)), blocks
 

@@ -1,22 +1,27 @@
 """Speed presets on the shipped paris-mini, every figure measured in one run:
 
-- expert FLOPs per video relative to `quality`: row-forwards x (stem + first block) + the other
-  block-forwards x their FLOPs per block, FLOPs from torch's FlopCounterMode on the expert at
-  paris-mini's clip size (the planner's meta-device measurement, pipeline/planner/footprint.py);
-  every row runs the stem (embedding, final layer) and the first block, computing rows the rest;
-- the wall-time ratio of the evaluation's generations (batched, this machine, noisy when shared);
+- expert FLOPs per video relative to `quality`: row-forwards x the stem (embedding, final layer)
+  + block-forwards x FLOPs per block, from torch's FlopCounterMode on the expert at paris-mini's
+  clip size (the planner's meta-device measurement, pipeline/planner/footprint.py); a row that
+  computes runs every block, a row that reuses none (its cache signal, one linear on the
+  conditioning vector, is under 0.2% of a row's FLOPs and left out);
+- the wall-time ratio against `quality`: one batch of t2v videos per preset, the presets
+  alternating over a few rounds (median of the per-round ratios; the machine is shared, so a
+  single pair of runs says little);
 - quality: every `paris eval` threshold (weights/recipe/evaluate.py) at each preset, and the PSNR
-  of each video against its `quality` twin (same section, prompt, seed, routing);
-- the speed/quality curve at the first step count: the cache threshold swept with the `fast`
-  preset's other parts kept (quick evaluation: a quarter of the prompts, one seed).
+  of each video against its `quality` twin (same section, prompt, seed, routing): the mean over
+  videos (judged, as the issue states it), the pooled one (of the mean squared error over all
+  videos, never above the mean) and the lowest;
+- with --sweep, the speed/quality curve: the `fast` preset with other cache thresholds and reuse
+  limits (its warm-up and guidance interval kept), each point evaluated like the presets.
 
-    python -m tests.benchmarks.bench_speed_presets [--steps 50 20] [--quick] [--sweep 0.05,0.1,0.2]
-        [--json docs/speed-presets.json] [--plot docs/speed-presets.png]
+    python -m tests.benchmarks.bench_speed_presets [--steps 50] [--presets balanced fast] [--quick]
+        [--sweep 0.2:5,0.4:8] [--rounds 5] [--json docs/speed-presets-50.json]
 
-Prints one JSON object. Targets at 50 steps: `fast` >= 2x fewer expert FLOPs with every eval
-threshold held and PSNR >= 25 dB against quality; `balanced` >= 1.4x with PSNR >= 30 dB. The
-PSNR judged is the pooled one (of the mean squared error over all videos), which is never above
-the mean of the per-video PSNRs.
+Prints one JSON object; tests/benchmarks/plot_speed_presets.py draws one or more as an SVG.
+Targets at 50 steps: `fast` >= 2x fewer expert FLOPs with every eval threshold held and a mean
+PSNR >= 25 dB against quality; `balanced` >= 1.4x with a mean PSNR >= 30 dB (and every eval
+threshold held: the issue does not ask it of balanced, the judgement here does).
 """
 
 import argparse
@@ -41,14 +46,13 @@ def block_costs(model_dir: Path) -> dict:
 
     cost = measure_footprint(model_dir).expert
     blocks = cost.block_flops_per_row
-    return {"stem": cost.flops_per_row.total - sum(blocks), "first_block": blocks[0],
-            "other_block_mean": sum(blocks[1:]) / (len(blocks) - 1), "blocks": len(blocks),
-            "row_total": cost.flops_per_row.total}
+    return {"stem": cost.flops_per_row.total - sum(blocks), "block_mean": sum(blocks) / len(blocks),
+            "blocks": len(blocks), "row_total": cost.flops_per_row.total}
 
 
 def expert_flops(compute: dict, costs: dict) -> float:
-    rows, blocks = compute["row_forwards"], compute["block_forwards"]
-    return rows * (costs["stem"] + costs["first_block"]) + (blocks - rows) * costs["other_block_mean"]
+    """Exact: rows compute all blocks or none, so block-forwards come in whole rows."""
+    return compute["row_forwards"] * costs["stem"] + compute["block_forwards"] * costs["block_mean"]
 
 
 def clip_key(section: str, row: dict) -> tuple:
@@ -106,12 +110,12 @@ def summarise(report: dict, costs: dict) -> dict:
 
 
 @contextmanager
-def fast_with_threshold(threshold: float):
-    """The `fast` preset with another cache threshold (for the sweep), restored after."""
+def fast_with(threshold: float, max_reuse: int):
+    """The `fast` preset with another cache threshold and reuse limit (a sweep point), restored after."""
     from pipeline.speed import PRESETS, Speed
 
     saved = PRESETS[Speed.FAST]
-    PRESETS[Speed.FAST] = replace(saved, cache=replace(saved.cache, threshold=threshold))
+    PRESETS[Speed.FAST] = replace(saved, cache=replace(saved.cache, threshold=threshold, max_reuse=max_reuse))
     try:
         yield
     finally:
@@ -119,91 +123,86 @@ def fast_with_threshold(threshold: float):
 
 
 def judge(preset: str, result: dict) -> dict | None:
+    """The issue's target: the FLOP ratio, every eval threshold, and the mean PSNR against quality."""
     target = TARGETS.get(preset)
     if target is None:
         return None
     return {**target, "met": bool(result["flops_ratio"] >= target["flops_ratio"] and result["eval"]["passed"]
-                                  and result["psnr_vs_quality_db"]["pooled"] >= target["psnr_db"])}
+                                  and result["psnr_vs_quality_db"]["mean"] >= target["psnr_db"])}
 
 
-def run(model_dir: Path, steps_list: list[int], quick: bool, sweep: list[float]) -> dict:
-    from weights.recipe.evaluate import evaluate
+def wall_times(model_dir: Path, steps: int, presets: list[str], rounds: int) -> dict:
+    """Wall time of one batch (every second t2v prompt of the evaluation, one seed, batched) at
+    each preset, the presets alternating within each round so that the machine's load falls on
+    all alike; one warm-up round is not counted. The ratio is quality's time over the preset's:
+    the median of the per-round ratios, and the ratio of the fastest rounds."""
+    from pipeline.generate import generate_batch
+    from pipeline.loader import load_model
+    from pipeline.request import GenerationRequest
+    from weights.recipe.evaluate import prompt_set
 
-    costs = block_costs(model_dir)
-    out = {"model": model_dir.name, "eval": "quick" if quick else "full", "threads": torch.get_num_threads(),
-           "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "flops_per_row": costs, "steps": {}}
-    started = time.perf_counter()
-    twins = {}
-    for steps in steps_list:
-        per_preset = {}
-        for preset in ("quality", "balanced", "fast"):
-            report = evaluate(model_dir, steps=steps, quick=quick, progress=False, speed=preset, keep_frames=True)
-            result = summarise(report, costs)
-            if preset == "quality":
-                twins[steps] = reference(report, costs)
-            else:
-                result.update(against_quality(report, costs, twins[steps]))
-                result["wall_time_ratio"] = round(per_preset["quality"]["generation_seconds"] / result["generation_seconds"], 3)
-                if steps == TARGET_STEPS:
-                    result["target"] = judge(preset, result)
-            per_preset[preset] = result
-        out["steps"][str(steps)] = per_preset
-    if sweep:  # quick evaluations: their videos are among the quality run's
-        steps, curve = steps_list[0], []
-        for threshold in sweep:
-            with fast_with_threshold(threshold):
-                report = evaluate(model_dir, steps=steps, quick=True, progress=False, speed="fast", keep_frames=True)
-            curve.append({"threshold": threshold, **against_quality(report, costs, twins[steps]),
-                          "eval_passed_quick": report["passed"], "checks": report["checks"]})
-        out["sweep"] = {"steps": steps, "preset": "fast", "parameter": "cache threshold", "points": curve}
-    out["seconds"] = round(time.perf_counter() - started, 1)
-    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    model = load_model(model_dir)
+    specs = prompt_set()[::2]
+    seconds = {p: [] for p in presets}
+    for round_ in range(rounds + 1):
+        for preset in presets:
+            requests = [GenerationRequest(s.prompt, seed=0, num_inference_steps=steps, speed=preset) for s in specs]
+            start = time.perf_counter()
+            generate_batch(model, requests)
+            if round_ > 0:
+                seconds[preset].append(time.perf_counter() - start)
+    out = {"videos_per_batch": len(specs), "rounds": rounds, "seconds": {p: [round(x, 3) for x in v] for p, v in seconds.items()}}
+    for preset in presets[1:]:
+        paired = [q / x for q, x in zip(seconds["quality"], seconds[preset])]
+        out[preset] = {"median_ratio": round(float(np.median(paired)), 3),
+                       "fastest_ratio": round(min(seconds["quality"]) / min(seconds[preset]), 3)}
     return out
 
 
-def plot(result: dict, path: Path) -> None:
-    """Expert FLOPs saved (x) against PSNR vs quality (y): the sweep's curve, the presets, the
-    targets. Drawn with PIL (matplotlib is not a dependency)."""
-    from PIL import Image, ImageDraw
+def parse_sweep(text: str) -> list[tuple[float, int]]:
+    """"0.1:3,0.2:5" -> [(0.1, 3), (0.2, 5)]: cache threshold and reuse limit per point."""
+    points = []
+    for item in filter(None, text.split(",")):
+        threshold, max_reuse = item.split(":")
+        points.append((float(threshold), int(max_reuse)))
+    return points
 
-    points = [(p["flops_ratio"], p["psnr_vs_quality_db"]["pooled"]) for p in result.get("sweep", {}).get("points", [])]
-    presets = [(f"{name} ({steps} steps)", r["flops_ratio"], r["psnr_vs_quality_db"]["pooled"])
-               for steps, by in result["steps"].items() for name, r in by.items() if name != "quality"]
-    xs = [x for x, _ in points] + [x for _, x, _ in presets] + [1.0, 2.2]
-    ys = [y for _, y in points] + [y for _, _, y in presets] + [20.0, 50.0]
-    x0, x1, y0, y1 = 1.0, max(xs) * 1.05, min(ys) - 2, min(max(ys), PSNR_CAP_DB) + 2
-    w, h, m = 720, 440, 60
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
 
-    def at(x, y):
-        return m + (x - x0) / (x1 - x0) * (w - 2 * m), h - m - (min(y, y1) - y0) / (y1 - y0) * (h - 2 * m)
+def run(model_dir: Path, steps: int, presets: list[str], quick: bool, sweep: list[tuple[float, int]],
+        rounds: int) -> dict:
+    from weights.recipe.evaluate import evaluate
 
-    d.rectangle([m, m, w - m, h - m], outline="black")
-    for name, t in TARGETS.items():  # target corners: at least this many x fewer FLOPs, at least this PSNR
-        tx, ty = at(t["flops_ratio"], t["psnr_db"])
-        d.line([tx, m, tx, h - m], fill=(210, 210, 210))
-        d.line([m, ty, w - m, ty], fill=(210, 210, 210))
-        d.text((tx + 3, ty + 3), f"{name} target", fill=(140, 140, 140))
-    if points:
-        d.line([at(x, y) for x, y in points], fill=(60, 110, 200), width=2)
-        for (x, y), p in zip(points, result["sweep"]["points"]):
-            px, py = at(x, y)
-            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(60, 110, 200))
-            d.text((px + 4, py - 12), f"{p['threshold']:g}", fill=(60, 110, 200))
-    for label, x, y in presets:
-        px, py = at(x, y)
-        d.rectangle([px - 4, py - 4, px + 4, py + 4], fill=(200, 80, 40))
-        d.text((px + 6, py + 2), label, fill=(200, 80, 40))
-    for v in np.linspace(x0, x1, 5):
-        d.text((at(v, y0)[0] - 10, h - m + 6), f"{v:.2f}x", fill="black")
-    for v in np.linspace(y0, y1, 5):
-        d.text((8, at(x0, v)[1] - 6), f"{v:.0f} dB", fill="black")
-    d.text((m, 10), "paris-mini: expert FLOPs saved vs quality (x) against PSNR to the quality video (pooled, y)",
-           fill="black")
-    d.text((m, 26), "blue: fast preset, cache threshold swept (labels); orange: presets", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    costs = block_costs(model_dir)
+    presets = ["quality", *(p for p in presets if p != "quality")]
+    out = {"model": model_dir.name, "steps": steps, "eval": "quick" if quick else "full",
+           "threads": torch.get_num_threads(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+           "flops_per_row": costs, "presets": {}}
+    started = time.perf_counter()
+    for preset in presets:
+        report = evaluate(model_dir, steps=steps, quick=quick, progress=False, speed=preset, keep_frames=True)
+        result = summarise(report, costs)
+        if preset == "quality":
+            twins = reference(report, costs)
+        else:
+            result.update(against_quality(report, costs, twins))
+            if steps == TARGET_STEPS:
+                result["target"] = judge(preset, result)
+        out["presets"][preset] = result
+    if len(presets) > 1 and rounds > 0:
+        out["wall_time"] = wall_times(model_dir, steps, presets, rounds)
+        for preset in presets[1:]:
+            out["presets"][preset]["wall_time_ratio"] = out["wall_time"][preset]["median_ratio"]
+    curve = []
+    for threshold, max_reuse in sweep:
+        with fast_with(threshold, max_reuse):
+            report = evaluate(model_dir, steps=steps, quick=quick, progress=False, speed="fast", keep_frames=True)
+        curve.append({"threshold": threshold, "max_reuse": max_reuse, **against_quality(report, costs, twins),
+                      "eval_passed": report["passed"], "checks": report["checks"]})
+    if curve:
+        out["sweep"] = {"preset": "fast", "parameters": "cache threshold, max reuse", "points": curve}
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
 
 
 def main(argv=None) -> int:
@@ -211,24 +210,24 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--steps", type=int, nargs="+", default=[TARGET_STEPS, 20])
+    ap.add_argument("--steps", type=int, default=TARGET_STEPS)
+    ap.add_argument("--presets", nargs="*", default=["balanced", "fast"], choices=["quality", "balanced", "fast"],
+                    help="presets to measure against quality (quality always runs: it is the reference)")
     ap.add_argument("--quick", action="store_true", help="quick evaluation (a quarter of the prompts, one seed)")
-    ap.add_argument("--sweep", default="", help="comma-separated cache thresholds for the curve (fast preset)")
+    ap.add_argument("--sweep", default="", help="THRESHOLD:MAX_REUSE,... points of the fast preset's cache for the curve")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for the wall-time ratio (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the result here")
-    ap.add_argument("--plot", type=Path, help="write the plot (PNG) here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from pipeline.loader import quiet_library_logging
 
     quiet_library_logging()
-    result = run(args.model, args.steps, args.quick, [float(x) for x in args.sweep.split(",") if x])
+    result = run(args.model, args.steps, args.presets, args.quick, parse_sweep(args.sweep), args.rounds)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
-    if args.plot:
-        plot(result, args.plot)
     print(text)
     return 0
 

@@ -51,6 +51,20 @@ def test_rows_that_compute_give_the_plain_forward_and_fill_their_cache(expert):
         assert all(c.candidate("expert_0", Branch.COND, 1) is not None for c in caches)
 
 
+def test_entries_own_their_tensors_rather_than_views_of_the_batch(expert):
+    """An entry outlives the forward: a view of a row would keep the whole batch's tensor alive."""
+    x = inputs(expert, 3)
+    caches = [StepCache(ALWAYS, 10) for _ in range(3)]
+    with torch.inference_mode():
+        cached_forward(expert, x, rows_for(caches, 0))  # every row computes and stores
+        cached_forward(expert, x, rows_for(caches, 1))  # every row reuses and updates its signal
+    for c in caches:
+        entry = c.candidate("expert_0", Branch.COND, 2)
+        assert entry.reused == 1
+        for t in (entry.signal, entry.residual):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 def test_each_row_decides_alone_in_a_mixed_batch(expert):
     """Row 0's input barely moves, row 1's moves a lot: row 0 reuses (no block), row 1 computes
     (4 blocks) and gets what a forward of its own inputs gives."""
