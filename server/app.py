@@ -19,7 +19,7 @@ from .auth import KeyRing
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .queue import JobStore
-from .routers import health, models, unsupported, videos
+from .routers import health, models, playground, unsupported, videos
 from .settings import Settings
 
 log = logging.getLogger("paris.api")
@@ -79,4 +79,5 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(unsupported.router)  # before videos: /videos/characters must not match /videos/{id}
     app.include_router(videos.router)
+    app.include_router(playground.router)
     return app

@@ -3,7 +3,7 @@
     policy   = UrlPolicy(allow_private=settings.webhook_allow_private)
     policy.check(url)                      # at job creation: RefusedURL -> 400 naming webhook_url
     outbox   = Outbox(redis_client, settings.key_prefix)
-    outbox.enqueue(pipe, video_event(WebhookEventType.VIDEO_COMPLETED, job_id), urls, now_ms, guard)
+    outbox.enqueue(pipe, video_event(WebhookEventType.VIDEO_COMPLETED, job_id), urls, guard)  # in the settle MULTI
     Deliverer(outbox, WebhookSender(policy), WebhookSecret(settings.webhook_secret)).run(stop)  # in a thread
     outbox.deliveries(job_id)              # attempts, for the job record
 

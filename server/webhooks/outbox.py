@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -170,7 +171,8 @@ class Outbox:
         self._record = client.register_script(_RECORD)
 
     # ---- producer side -------------------------------------------------------------------------
-    def enqueue(self, pipe, event: WebhookEvent, urls: list[str], now_ms: int, guard: Guard = UNGUARDED) -> None:
+    def enqueue(self, pipe, event: WebhookEvent, urls: list[str], guard: Guard = UNGUARDED,
+                now_ms: int | None = None) -> None:
         """Queue the deliveries of `event` to each URL on `pipe` (a sync or asyncio pipeline; a
         sync client runs it at once). Put it in the MULTI that settles the job, after the settle,
         with a guard on the job's new state: deliveries then exist exactly when the settle
@@ -180,6 +182,7 @@ class Outbox:
         if not unique:
             return
         ids = [delivery_id(event.id, u) for u in unique]
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         keep_s = int(self.retry.max_age_s + self.retry.keep_s)
         args = [now_ms, keep_s, event.id, event.video_id, str(event.type), event.body, len(unique), *guard.args()]
         for did, url in zip(ids, unique):

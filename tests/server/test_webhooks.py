@@ -61,7 +61,7 @@ def deliverer_for(r, ca, retry=RetryPolicy(), timeouts=Timeouts(), prefix=None, 
 
 def enqueue(deliverer: Deliverer, video_id: str, urls: list[str], kind=WebhookEventType.VIDEO_COMPLETED):
     event = video_event(kind, video_id)
-    deliverer.outbox.enqueue(deliverer.outbox.r, event, urls, int(time.time() * 1000))
+    deliverer.outbox.enqueue(deliverer.outbox.r, event, urls)
     return event
 
 
@@ -205,14 +205,14 @@ def test_enqueue_is_idempotent_and_obeys_its_guard_inside_a_transaction(r, ca, r
 
     pipe = r.pipeline(transaction=True)  # a settle that was refused: the job is not completed
     pipe.hset(job, mapping={"status": "in_progress", "fence": "2"})
-    d.outbox.enqueue(pipe, event, urls, int(time.time() * 1000), Guard(job, {"status": "completed", "fence": "2"}))
+    d.outbox.enqueue(pipe, event, urls, Guard(job, {"status": "completed", "fence": "2"}))
     pipe.execute()
     assert d.outbox.deliveries("video_g") == []
 
     for _ in range(2):  # the settle succeeded (twice, as a retried settle would): one delivery per URL
         pipe = r.pipeline(transaction=True)
         pipe.hset(job, mapping={"status": "completed", "fence": "2"})
-        d.outbox.enqueue(pipe, event, urls, int(time.time() * 1000), Guard(job, {"status": "completed", "fence": "2"}))
+        d.outbox.enqueue(pipe, event, urls, Guard(job, {"status": "completed", "fence": "2"}))
         pipe.execute()
     assert sorted(x["url"] for x in d.outbox.deliveries("video_g")) == [receiver.url("")] * 2
     assert asyncio.run(d.deliver_due()) == 2
