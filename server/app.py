@@ -20,7 +20,7 @@ from .dependencies import Services
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .owned_videos import sweep_expired
-from .routers import health, models, unsupported, videos
+from .routers import health, models, playground, unsupported, videos
 from .settings import Settings
 from .store import JobStore
 
@@ -64,4 +64,5 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(unsupported.router)  # before videos: /videos/characters must not match /videos/{id}
     app.include_router(videos.router)
+    app.include_router(playground.router)
     return app

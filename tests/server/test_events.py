@@ -1,0 +1,168 @@
+"""The per-job event log behind Server-Sent Events, on a real Valkey: frames in order, nothing lost
+across a reconnect with Last-Event-ID, the stream ends after a terminal event, two readers (two API
+processes) both see every event, guarded publishes write nothing when the guard fails, and the
+queue position and keep-alives the stream adds on its own."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis
+import redis.asyncio
+
+from server.events import EventType, JobEvents
+from server.guard import Guard
+
+
+@pytest.fixture
+def log():
+    return JobEvents(prefix=f"t{uuid.uuid4().hex[:8]}", ttl_s=600)
+
+
+@pytest.fixture
+def r(valkey):
+    return redis.Redis.from_url(valkey.connection_url, decode_responses=True)
+
+
+def parse(frame: str) -> dict:
+    """One SSE frame as the browser's EventSource reads it."""
+    out: dict = {"comment": []}
+    for line in frame.strip("\n").split("\n"):
+        name, _, value = line.partition(":")
+        if name == "":
+            out["comment"].append(value.strip())
+        else:
+            out[name] = value[1:] if value.startswith(" ") else value
+    if "data" in out:
+        out["data"] = json.loads(out["data"])
+    return out
+
+
+async def take(stream, n: int) -> list[dict]:
+    """The next n event frames (retry hints and comments skipped)."""
+    frames = []
+    async for raw in stream:
+        frame = parse(raw)
+        if "event" in frame:
+            frames.append(frame)
+            if len(frames) == n:
+                break
+    return frames
+
+
+def progress(step: int, total: int = 6) -> dict:
+    return {"step": step, "total": total, "progress": int(99 * step / total), "experts": [step % 3],
+            "weights": [1.0]}
+
+
+def test_in_order_and_nothing_lost_across_a_reconnect_then_the_terminal_event_ends_it(r, log, valkey):
+    job = "video_a"
+    log.publish(r, job, EventType.QUEUED, {"position": 2})
+    for step in (1, 2, 3):
+        log.publish(r, job, EventType.PROGRESS, progress(step))
+
+    async def scenario():
+        client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
+        first = log.sse_stream(client, job)
+        seen = await take(first, 3)  # the connection drops after three events
+        await first.aclose()
+        for step in (4, 5, 6):  # published while nobody listens
+            log.publish(r, job, EventType.PROGRESS, progress(step))
+        log.publish(r, job, EventType.COMPLETED, {"progress": 100})
+        log.publish(r, job, EventType.PROGRESS, progress(7))  # after the end: never sent
+        rest = [parse(f) async for f in log.sse_stream(client, job, last_event_id=seen[-1]["id"])]
+        await client.aclose()
+        return seen, rest
+
+    seen, rest = asyncio.run(scenario())
+    events = seen + [f for f in rest if "event" in f]
+    assert [(f["event"], f["data"].get("step")) for f in events] == (
+        [("queued", None)] + [("progress", s) for s in range(1, 7)] + [("completed", None)])
+    assert events[0]["data"] == {"position": 2} and events[3]["data"] == progress(3)
+    ids = [tuple(map(int, f["id"].split("-"))) for f in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert rest[0] == {"comment": [], "retry": "2000"}  # the reconnect hint comes first
+
+
+def test_two_readers_on_separate_connections_both_see_every_event(r, log, valkey):
+    """Two API processes: each has its own Redis client and blocks on the stream while a worker
+    (a third client) publishes."""
+    job = "video_b"
+
+    async def reader():
+        client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
+        try:
+            return [parse(f) async for f in log.sse_stream(client, job, block_ms=200)]
+        finally:
+            await client.aclose()
+
+    async def worker():
+        await asyncio.sleep(0.3)  # both readers are waiting on an empty stream
+        for step in range(1, 5):
+            log.publish(r, job, EventType.PROGRESS, progress(step, 4))
+            await asyncio.sleep(0.05)
+        log.publish(r, job, EventType.FAILED, {"code": "cancelled", "message": "The job was cancelled."})
+
+    async def scenario():
+        a, b, _ = await asyncio.wait_for(asyncio.gather(reader(), reader(), worker()), 20)
+        return a, b
+
+    a, b = asyncio.run(scenario())
+    events_a = [f for f in a if "event" in f]
+    assert [f["event"] for f in events_a] == ["progress"] * 4 + ["failed"]
+    assert [f["data"].get("step") for f in events_a[:4]] == [1, 2, 3, 4]
+    assert events_a == [f for f in b if "event" in f]
+
+
+def test_a_guarded_publish_writes_only_when_the_guard_holds_inside_the_transaction(r, log, valkey):
+    job_key = f"{log.prefix}:job:video_c"
+    pipe = r.pipeline(transaction=True)  # a settle the fence refused: status still in_progress
+    pipe.hset(job_key, mapping={"status": "in_progress", "fence": "1"})
+    log.publish(pipe, "video_c", EventType.COMPLETED, {"progress": 100}, Guard(job_key, {"status": "completed",
+                                                                                         "fence": "1"}))
+    pipe.execute()
+
+    async def read():
+        client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
+        try:
+            return await log.read(client, "video_c")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(read()) == []
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(job_key, mapping={"status": "completed"})
+    log.publish(pipe, "video_c", EventType.COMPLETED, {"progress": 100}, Guard(job_key, {"status": "completed",
+                                                                                         "fence": "1"}))
+    pipe.execute()
+    [event] = asyncio.run(read())
+    assert (event.type, event.data) == (EventType.COMPLETED, {"progress": 100})
+    assert 0 < r.ttl(f"{log.prefix}:events:video_c") <= 600
+
+
+def test_queue_position_changes_and_keep_alives_come_from_the_stream_itself(r, log, valkey):
+    job = "video_d"
+    log.publish(r, job, EventType.QUEUED, {"position": 3})
+    positions = iter([3, 3, 2, 2, 1, None, None, None, None])
+
+    async def position():
+        return next(positions, None)
+
+    async def scenario():
+        client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
+        frames = []
+        stream = log.sse_stream(client, job, queue_position=position, keepalive_s=0.3, block_ms=100)
+        async for raw in stream:
+            frames.append(parse(raw))
+            if len([f for f in frames if f["comment"]]) == 2:
+                log.publish(r, job, EventType.FAILED, {"code": "generation_failed", "message": "x"})
+        await client.aclose()
+        return frames
+
+    frames = asyncio.run(asyncio.wait_for(scenario(), 20))
+    events = [f for f in frames if "event" in f]
+    assert [(f["event"], f["data"].get("position")) for f in events] == [
+        ("queued", 3), ("queued", 2), ("queued", 1), ("failed", None)]
+    assert "id" in events[0] and "id" not in events[1] and "id" not in events[2]  # made-up frames keep Last-Event-ID
+    assert sum(1 for f in frames if f["comment"] == ["keep-alive"]) == 2
