@@ -43,6 +43,7 @@ from .scheduler import ExpertScheduler, RequestNeeds, TickPlan
 # Used every tick or two beside the experts (routing, decoding): planned in first, evicted last.
 ALWAYS_NEEDED = frozenset({"router", "vae"})
 OUT_OF_MEMORY = "out_of_memory"
+CACHE_ENTRIES = 256  # texts the embedding cache keeps unless a memory plan says fewer
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class MemoryLimits:
 
     rows_per_forward: int | None = None
     decodes_at_once: int | None = None
-    cache_entries: int = 256
+    cache_entries: int = CACHE_ENTRIES
     cache_bytes: int | None = None
     on_demand: frozenset[str] = frozenset()  # encoders that leave the device once their phase is done
 
@@ -79,7 +80,7 @@ class EmbeddingCache:
     """Text embeddings of recent prompts (repeated prompts skip T5 and CLIP), the least recently
     used leaving first beyond `size` entries or `max_bytes`."""
 
-    def __init__(self, size: int = 256, max_bytes: int | None = None):
+    def __init__(self, size: int = CACHE_ENTRIES, max_bytes: int | None = None):
         self.size = size
         self.max_bytes = max_bytes
         self.nbytes = 0

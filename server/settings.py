@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     device: str = "cpu"
     max_batch: int = 8
-    device_memory: str | None = None            # device budget ("40GiB", or "0.8" of free memory); None: free memory on CUDA, no limit on CPU
+    device_memory: str | None = None            # device budget: "40GiB" or "0.8" of free memory; None: free (CUDA), no limit (CPU)
     host_memory: str | None = None              # pinned host copies ("256GiB"); None: 90% of the machine's RAM
     reserve: str | None = None                  # device memory held back; None: 5% of the device budget, at least 2GiB
     threads: int | None = None                  # torch CPU threads in the worker; None: torch's default

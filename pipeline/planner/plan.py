@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from ..engine import CACHE_ENTRIES
 from .footprint import Footprint
 
 GiB = 2**30
@@ -31,7 +32,6 @@ RESERVE_SHARE = 0.05  # allocator fragmentation grows with the pool
 HOST_SHARE = 0.9  # of the machine's RAM, leaving the rest to the OS, Python and Redis
 ON_DEMAND_ENCODERS = ("t5", "clip", "dinov2")  # the engine needs them only while encoding
 WINDOW_BLOCKS = 3  # one block computing, two in flight: hides the copy wherever compute can
-CACHE_ENTRIES = 256  # the engine's EmbeddingCache size
 
 
 class Placement(StrEnum):
