@@ -73,7 +73,9 @@ def load_library(component: Component, folder: Path, device: torch.device):
     cls = LIBRARY_CLASSES[component.cls]
     dtype = TORCH_DTYPES[component.dtype]
     if cls is AutoencoderKLHunyuanVideo:
-        module = cls.from_pretrained(folder, torch_dtype=dtype)
+        # Strictly from the folder's safetensors, whatever the file is called: diffusers' own
+        # loader looks for its default name only, and Open-Sora ships `hunyuan_vae.safetensors`.
+        module = load_strict(library_skeleton(component, folder), folder, dtype)
         configure_vae_decoding(module)
     else:
         module, info = cls.from_pretrained(folder, dtype=dtype, output_loading_info=True)

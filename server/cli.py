@@ -19,6 +19,7 @@ from .settings import Settings
 
 log = logging.getLogger("paris.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+EXIT_REFUSED = 3  # `paris worker` cannot serve the model within its budget: restarting it would not help
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ QUEUE_FLAGS = (
 WORKER_FLAGS = (
     Flag("--device", "device", str, "torch device for the worker (default cpu)"),
     Flag("--max-batch", "max_batch", int, "requests denoised together (worker capacity)"),
-    Flag("--device-memory", "device_memory", str, "device memory for weights: e.g. 40GiB, or a fraction of free "
-         "memory such as 0.8 (default: no limit); experts beyond it move in and out"),
+    Flag("--device-memory", "device_memory", str, "device memory the worker plans for (weights, activations, VAE "
+         "decode, embeddings, reserve): e.g. 40GiB, or a fraction of free memory such as 0.8 (default on CUDA: the free "
+         "memory; on CPU: no limit); the worker refuses to start when it cannot serve one request of the largest size"),
+    Flag("--host-memory", "host_memory", str, "host memory for pinned copies of the weights kept off the device "
+         "(default: 90%% of RAM)"),
+    Flag("--reserve", "reserve", str, "device memory held back for CUDA workspaces and fragmentation (default: 5%% of "
+         "the device memory, at least 2GiB)"),
     Flag("--threads", "threads", int, "torch CPU threads for the worker (default: torch's choice); 1 avoids thread "
          "stalls on a shared CPU"),
     Flag("--max-wait", "max_wait", int, "ticks a request may wait for its expert before it is served first "
@@ -156,9 +162,13 @@ def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
     url, _ = _redis_url(settings, start=False)
-    from .worker import build_worker
+    from .worker import WorkerRefused, build_worker
 
-    worker = build_worker(settings, url)
+    try:
+        worker = build_worker(settings, url)
+    except WorkerRefused as exc:
+        print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     worker.run()
@@ -176,12 +186,13 @@ def _worker_argv(args, settings: Settings, url: str) -> list[str]:
 
 
 def cmd_serve(args) -> int:
-    """API + one worker (a supervised subprocess) + embedded Valkey unless --redis-url."""
+    """API + one worker (a supervised subprocess) + embedded Valkey unless --redis-url. A worker
+    that refuses to start (it cannot serve the model within the budget) stops the whole server."""
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
     _check_bind(settings)
     url, server = _redis_url(settings, start=True)
-    stop = threading.Event()
+    stop, refused = threading.Event(), threading.Event()
     proc: list[subprocess.Popen] = []
     repo_root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
@@ -192,13 +203,22 @@ def cmd_serve(args) -> int:
             proc[:] = [p]
             while p.poll() is None and not stop.is_set():
                 time.sleep(0.5)
+            if p.returncode == EXIT_REFUSED:  # its message is on stderr; the API stops too
+                log.error(json.dumps({"event": "worker_refused", "code": p.returncode}))
+                refused.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             if not stop.is_set():
                 log.warning(json.dumps({"event": "worker_exited", "code": p.returncode, "restart_in_s": 2}))
                 time.sleep(2)
 
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # before the worker can refuse
     threading.Thread(target=supervise, daemon=True).start()
     try:
         _run_api(settings, url)
+    except SystemExit:
+        if not refused.is_set():
+            raise
     finally:
         stop.set()
         for p in proc:
@@ -209,7 +229,7 @@ def cmd_serve(args) -> int:
                 p.kill()
         if server:
             server.stop()
-    return 0
+    return EXIT_REFUSED if refused.is_set() else 0
 
 
 def register(subparsers) -> None:

@@ -27,7 +27,7 @@ def resolve_create(body: CreateVideo, image_bytes: bytes | None, manifest: Manif
         fps = body.fps if body.fps is not None else manifest.sampling.fps
         num_frames = frames_for_seconds(body.seconds, fps if fps > 0 else 1, manifest.limits)
     routing = body.routing or (RoutingMode.SCHEDULE if body.expert_schedule else
-                               RoutingMode.FIXED if body.expert is not None else RoutingMode.TOP_K)
+                               RoutingMode.FIXED if body.expert is not None else None)
     request = GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, image=image, num_frames=num_frames,
         size=body.size, fps=body.fps, num_inference_steps=body.num_inference_steps,

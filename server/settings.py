@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     device: str = "cpu"
     max_batch: int = 8
-    device_memory: str | None = None            # weights budget: "40GiB" or a fraction of free memory ("0.8"); None: no limit
+    device_memory: str | None = None            # device budget: "40GiB" or "0.8" of free memory; None: free (CUDA), no limit (CPU)
+    host_memory: str | None = None              # pinned host copies ("256GiB"); None: 90% of the machine's RAM
+    reserve: str | None = None                  # device memory held back; None: 5% of the device budget, at least 2GiB
     threads: int | None = None                  # torch CPU threads in the worker; None: torch's default
     max_wait: int = 24                          # fairness bound input: see pipeline/engine.py (Scheduling)
     tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
@@ -56,9 +58,9 @@ class Settings(BaseSettings):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
 
-    @field_validator("device_memory")
+    @field_validator("device_memory", "host_memory", "reserve")
     @classmethod
-    def _device_memory(cls, v):
+    def _memory_size(cls, v):
         from pipeline.residency import parse_budget
 
         if v is not None:

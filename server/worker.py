@@ -232,19 +232,53 @@ class Worker:
         _event("worker_stopped", worker=self.id)
 
 
+class WorkerRefused(RuntimeError):
+    """The model cannot be served on this device and budget; the message says what does not fit."""
+
+
+def memory_plan(settings: Settings):
+    """The worker's memory plan (pipeline/planner), logged as one line; None on a CPU given no
+    device budget (no limit). Raises PlanRefused naming what does not fit."""
+    import torch
+
+    from pipeline.planner.serving import budget_target, serving_plan
+
+    target = budget_target(torch.device(settings.device), settings.device_memory, settings.host_memory,
+                           settings.reserve, settings.max_batch)
+    if target is None:
+        _event("memory_plan", plan=None, reason="no device budget on cpu: no limit")
+        return None
+    plan = serving_plan(settings.model, target)
+    _event("memory_plan", **plan.to_json())
+    return plan
+
+
 def build_worker(settings: Settings, redis_url: str) -> Worker:
+    """Plans memory before loading anything, and refuses (WorkerRefused) a platform known to fail
+    on the VAE or a budget that cannot serve one request of the largest size the model allows."""
+    import torch
+
+    from pipeline.engine import MemoryLimits
     from pipeline.loader import load_model, quiet_library_logging
-    from pipeline.residency import parse_budget
+    from pipeline.manifest import read_manifest
+    from pipeline.planner.plan import PlanRefused
+    from pipeline.planner.serving import memory_limits
+    from pipeline.vae_platform import UnsupportedPlatform, check_vae_platform
 
     if settings.threads:
-        import torch
-
         torch.set_num_threads(settings.threads)
     t0 = time.time()
     quiet_library_logging()
-    model = load_model(settings.model, device=settings.device,
-                       budget_bytes=parse_budget(settings.device_memory, settings.device))
-    engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait)
+    device = torch.device(settings.device)
+    try:
+        check_vae_platform(device, read_manifest(settings.model).components.vae.dtype)
+        plan = memory_plan(settings)
+    except (UnsupportedPlatform, PlanRefused) as exc:
+        raise WorkerRefused(str(exc)) from None
+    model = load_model(settings.model, device=device, budget_bytes=plan.weight_budget if plan else None,
+                       host_budget_bytes=plan.pinned_budget if plan else None)
+    engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
+                    limits=memory_limits(plan) if plan else MemoryLimits())
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, ArtifactStore(settings.resolved_artifact_dir()), engine)
