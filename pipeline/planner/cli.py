@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFolderError
-from ..residency import free_memory, parse_budget
+from ..residency import default_host_memory, free_memory, parse_budget
 from .footprint import measure_footprint
-from .plan import Placement, Plan, PlanRefused, Target, default_host_memory, gib, make_plan
+from .plan import Placement, Plan, PlanRefused, Target, gib, make_plan
 
 
 def register(sub) -> None:
