@@ -64,10 +64,10 @@ class EmbeddingCache:
 
 
 class Engine:
-    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24):
+    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24, stream_batch: int = 1):
         self.model = model
         self.max_batch = max_batch
-        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED)
+        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED, stream_batch=stream_batch)
         self.pending: list[tuple[str, ResolvedRequest]] = []
         self.active: dict[str, RequestState] = {}
         self.cache = EmbeddingCache()
