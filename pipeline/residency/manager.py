@@ -109,6 +109,10 @@ class Residency:
     def resident_bytes(self) -> int:
         return sum(self._entries[n].nbytes for n in self._lru)
 
+    def host_copy(self, name: str) -> HostSlab | None:
+        """The component's host slab, while one is held."""
+        return self._entries[name].slab
+
     @property
     def host_bytes(self) -> int:
         """Bytes of the host copies held now (exact: the slabs' sizes)."""
