@@ -142,3 +142,64 @@ def test_the_engine_with_streamed_experts_makes_the_same_videos_and_counts_what_
     assert stats.expert_loads() == 0  # no expert was ever placed whole
     assert max(r.residency.bytes_to_device for r in results.values()) <= stats.bytes_to_device
     assert min(r.residency.bytes_to_device for r in results.values()) >= Layout(expert, blocks).nbytes
+
+
+class Token:
+    """A copy issued ahead, holding weak references to the buffers it writes."""
+
+    def __init__(self, pairs):
+        self.buffers = [weakref.ref(dst if dst._base is None else dst._base) for dst, _ in pairs]
+
+
+class Ordering(Transfers):
+    """The CPU twin with CUDA's protocol made visible: a copy issued ahead returns a token, and
+    waiting for a token whose buffer is already freed (a use-after-free on CUDA) fails."""
+
+    overlaps = True
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+        self.log = []
+
+    def ahead(self, pairs):
+        super().ahead(pairs)
+        token = Token(pairs)
+        self.log.append(("issue", token))
+        return token
+
+    def wait(self, pending):
+        if pending is not None:
+            assert all(ref() is not None for ref in pending.buffers), "waited for a copy into a freed buffer"
+            self.log.append(("wait", pending))
+
+
+def test_every_copy_issued_ahead_is_waited_for_before_its_buffer_is_read_or_freed():
+    ordering = Ordering()
+    r = Residency("cpu", streamed={"s": 2}, transfers=ordering)
+    for name in ("a", "b", "s"):
+        r.register(name, lambda: tiny_expert(0), 1)
+    assert r.prefetch("a", protect=set())
+    (_, token), = ordering.log
+    r.get("a")  # the compute stream waits for the prefetch before the expert runs
+    assert ordering.log == [("issue", token), ("wait", token)]
+
+    ordering.log.clear()
+    assert r.prefetch("b", protect=set())
+    (_, token), = ordering.log
+    r.evict("b")  # never used: waited for before its buffer goes
+    assert ordering.log == [("issue", token), ("wait", token)] and token.buffers[0]() is None
+
+    ordering.log.clear()
+    expert = r.get("s")
+    for index, block in enumerate(streamed_blocks(expert), start=1):
+        block.register_forward_pre_hook(lambda *_, index=index: ordering.log.append(("enter", index)))
+    with torch.inference_mode():
+        expert(**expert_inputs(expert.config))
+    issued = [token for kind, token in ordering.log if kind == "issue"]
+    assert len(issued) == 1 + 4  # the stem and four blocks
+    position = {}  # first occurrence of each event
+    for i, (kind, x) in enumerate(ordering.log):
+        position.setdefault((kind, x if kind == "enter" else id(x)), i)
+    for index, token in enumerate(issued[1:], start=1):
+        assert position["issue", id(token)] < position["wait", id(token)] < position["enter", index]
+    assert all(ref() is None for token in issued for ref in token.buffers)  # every block's buffer freed after
