@@ -111,11 +111,13 @@ def _embedding_bytes(e: TextEmbedding) -> int:
 
 
 class Engine:
-    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24, limits: MemoryLimits = MemoryLimits()):
+    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24, limits: MemoryLimits = MemoryLimits(),
+                 stream_batch: int = 1):
         self.model = model
         self.max_batch = max_batch
         self.limits = limits
-        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED & model.components.keys())
+        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED & model.components.keys(),
+                                         stream_batch=stream_batch)
         self.pending: list[tuple[str, ResolvedRequest]] = []
         self.active: dict[str, RequestState] = {}
         self.cache = EmbeddingCache(limits.cache_entries, limits.cache_bytes)

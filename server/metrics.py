@@ -64,6 +64,7 @@ class WeightMoves:
         totals = {("component_loads_total", name): n for name, n in stats.device_loads.items()}
         totals["bytes_to_device_total", ""] = stats.bytes_to_device
         totals["bytes_from_disk_total", ""] = stats.bytes_from_disk
+        totals["bytes_streamed_total", ""] = stats.bytes_streamed
         for (name, label), total in totals.items():
             delta = total - self._counted.get((name, label), 0)
             if delta:
@@ -122,6 +123,7 @@ class RedisCollector:
                 loads.add_metric([k.split("|", 1)[1]], v)
         yield loads
         for name, doc in (("bytes_to_device", "Weight bytes moved onto the compute device"),
+                          ("bytes_streamed", "Of those, bytes of experts streamed block by block"),
                           ("bytes_from_disk", "Weight bytes read from safetensors files")):
             counter = CounterMetricFamily(f"paris_{name}", doc)
             counter.add_metric([], values.get(f"{name}_total|", 0.0))

@@ -275,8 +275,12 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
         plan = memory_plan(settings)
     except (UnsupportedPlatform, PlanRefused) as exc:
         raise WorkerRefused(str(exc)) from None
-    model = load_model(settings.model, device=device, budget_bytes=plan.weight_budget if plan else None,
-                       host_budget_bytes=plan.pinned_budget if plan else None)
+    # Streamed experts' windows sit beside the weights placed whole: the residency's budget is
+    # for the latter only.
+    model = load_model(settings.model, device=device,
+                       budget_bytes=plan.weight_budget - plan.window_bytes if plan else None,
+                       host_budget_bytes=plan.pinned_budget if plan else None,
+                       streamed={n: plan.target.window_blocks for n in plan.streamed} if plan else None)
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
                     limits=memory_limits(plan) if plan else MemoryLimits())
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))

@@ -19,7 +19,6 @@ for each batch of new prompts), and more videos decoded at once only where they 
 another phase already needs.
 """
 
-import os
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -29,7 +28,6 @@ from .footprint import Footprint
 GiB = 2**30
 MIN_RESERVE = 2 * GiB  # cuBLAS and cuDNN workspaces, and allocator fragmentation on small devices
 RESERVE_SHARE = 0.05  # allocator fragmentation grows with the pool
-HOST_SHARE = 0.9  # of the machine's RAM, leaving the rest to the OS, Python and Redis
 ON_DEMAND_ENCODERS = ("t5", "clip", "dinov2")  # the engine needs them only while encoding
 WINDOW_BLOCKS = 3  # one block computing, two in flight: hides the copy wherever compute can
 
@@ -53,10 +51,6 @@ def device_budget(device_memory: int, reserve: int | None = None) -> int:
     given defaults to the free memory at start (`torch.cuda.mem_get_info`), so what other
     processes hold is never counted on."""
     return device_memory - (default_reserve(device_memory) if reserve is None else reserve)
-
-
-def default_host_memory() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * HOST_SHARE)
 
 
 @dataclass(frozen=True)

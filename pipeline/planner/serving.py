@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from ..engine import MemoryLimits
-from ..residency import free_memory, parse_budget
+from ..residency import default_host_memory, free_memory, parse_budget
 from .footprint import measure_footprint
-from .plan import Placement, Plan, Target, default_host_memory, make_plan
+from .plan import Placement, Plan, Target, make_plan
 
 
 def budget_target(device: torch.device, device_memory: str | None, host_memory: str | None = None,

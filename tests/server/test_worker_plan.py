@@ -47,7 +47,13 @@ def test_the_worker_serves_under_its_plan_and_logs_it(tiny_model_dir, least_devi
     assert len(logged) == 1 and logged[0]["device_budget"] == least_device_bytes
     plan = memory_plan(settings(tiny_model_dir, str(least_device_bytes), reserve="0"))
     assert plan.device_bytes <= least_device_bytes == plan.budget
-    assert worker.engine.model.residency.budget_bytes == plan.weight_budget == logged[0]["weight_budget"]
+    assert plan.weight_budget == logged[0]["weight_budget"]
+    # weights placed whole get the weight budget less the streaming window; the streamed experts
+    # run block by block through that window
+    residency = worker.engine.model.residency
+    assert residency.budget_bytes == plan.weight_budget - plan.window_bytes
+    assert plan.streamed and all(residency.is_streamed(n) for n in plan.streamed)
+    assert not any(residency.is_streamed(n) for n in plan.resident)
     # the weights' budget leaves the embeddings and the largest phase (activations, decode) beside it
     assert plan.weight_budget + plan.embedding_bytes + plan.phases[plan.largest_phase] == plan.budget
     assert worker.engine.limits == memory_limits(plan)
