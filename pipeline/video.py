@@ -2,11 +2,18 @@
 
 import errno
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from diffusers.utils import export_to_video
 from PIL import Image
+
+# imageio starts ffmpeg with a preexec_fn (its own process group, away from Ctrl-C), which makes
+# Python fork() instead of vfork(): in a large process (a worker with its model loaded) that fork
+# marks every page copy-on-write, and the engine thread then pays for it (about a third more CPU
+# per job on paris-mini). ffmpeg in our process group dies with us on Ctrl-C, which is what we want.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 
 def write_mp4(frames: np.ndarray, fps: int, path: str | Path, quality: float = 9.0) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import redis
@@ -206,6 +205,47 @@ class JobState(NamedTuple):
                    int(artifact_fence) if artifact_fence else None)
 
 
+class RoundTrip:
+    """Commands queued now and sent later as one pipeline (possibly from another thread).
+    Scripts go by EVALSHA alone (a registered script in a pipeline costs a SCRIPT EXISTS round
+    trip first); one the server lost (a restart) is loaded and run again."""
+
+    def __init__(self, client: redis.Redis):
+        self.pipe = client.pipeline(transaction=False)
+        self._scripts: list[tuple[int, Script, list[str], list]] = []
+
+    def script(self, script: Script, keys: list[str], args: list) -> None:
+        self._scripts.append((len(self.pipe.command_stack), script, keys, args))
+        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def send(self) -> list:
+        results = self.pipe.execute(raise_on_error=False)
+        for i, script, keys, args in self._scripts:
+            if isinstance(results[i], NoScriptError):
+                results[i] = script(keys=keys, args=args)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+
+@dataclass
+class StepReport:
+    """JobStore.after_step's round trip: `send()` returns the watched jobs' states."""
+
+    trip: RoundTrip
+    watched: list[str]
+    first_state: int
+
+    @property
+    def pipe(self) -> redis.client.Pipeline:
+        return self.trip.pipe
+
+    def send(self) -> dict[str, JobState]:
+        states = self.trip.send()[self.first_state:self.first_state + len(self.watched)]
+        return {job_id: JobState.parse(*values) for job_id, values in zip(self.watched, states, strict=True)}
+
+
 class JobStore:
     """Everything the API and the workers do to jobs in Redis."""
 
@@ -232,24 +272,6 @@ class JobStore:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-
-    def _round_trip(self, scripts: list[tuple[Script, list[str], list]],
-                    commands: Callable[[redis.client.Pipeline], None] = lambda pipe: None) -> tuple[list, list]:
-        """Script calls, then whatever `commands` queues, in one round trip: (script results,
-        command results). Scripts go by EVALSHA alone (a registered script in a pipeline costs a
-        SCRIPT EXISTS round trip first); one the server lost (a restart) is loaded and run again."""
-        pipe = self.redis.pipeline(transaction=False)
-        for script, keys, args in scripts:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        commands(pipe)
-        results = pipe.execute(raise_on_error=False)
-        for i, (script, keys, args) in enumerate(scripts):
-            if isinstance(results[i], NoScriptError):
-                results[i] = script(keys=keys, args=args)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results[:len(scripts)], results[len(scripts):]
 
     def ping(self) -> bool:
         try:
@@ -364,23 +386,23 @@ class JobStore:
             return None
         return Claim(job_id, entry_id, int(fence), int(attempts))
 
-    def after_step(self, progress: list[tuple[Claim, int, int]], watched: list[str],
-                   record: Callable[[redis.client.Pipeline], None]) -> dict[str, JobState]:
-        """A worker's Redis work after one engine step, in one round trip: the fenced progress
-        (claim, percent, step) of every request that advanced, the step's metrics (`record`), and
-        the state of every job in `watched` (its stop checks; a progress write that did not apply
-        shows there as a changed status or fence)."""
-        _, states = self._round_trip(
-            [(self._progress, [self.keys.job(c.job_id)], [c.fence, *hash_args(progress=percent, step=step)])
-             for c, percent, step in progress],
-            lambda pipe: (self._queue_states(pipe, watched), record(pipe)))
-        return {job_id: JobState.parse(*values) for job_id, values in zip(watched, states)}
+    def after_step(self, progress: list[tuple[Claim, int, int]], watched: list[str]) -> StepReport:
+        """A worker's Redis work after one engine step, queued for one round trip: the fenced
+        progress (claim, percent, step) of every request that advanced and the state of every
+        job in `watched` (its stop checks; a progress write that did not apply shows there as a
+        changed status or fence). The step's metrics go into `StepReport.pipe`."""
+        trip = RoundTrip(self.redis)
+        for c, percent, step in progress:
+            trip.script(self._progress, [self.keys.job(c.job_id)], [c.fence, *hash_args(progress=percent, step=step)])
+        self._queue_states(trip.pipe, watched)
+        return StepReport(trip, watched, len(progress))
 
     def renew(self, claims: list[Claim], consumer: str) -> list[bool]:
         """Renew the leases of `claims` (one round trip); False where the claim is no longer current."""
-        done, _ = self._round_trip([(self._renew, [self.keys.job(c.job_id), self.keys.stream],
-                                     [c.fence, GROUP, consumer, c.entry_id]) for c in claims])
-        return [bool(x) for x in done]
+        trip = RoundTrip(self.redis)
+        for c in claims:
+            trip.script(self._renew, [self.keys.job(c.job_id), self.keys.stream], [c.fence, GROUP, consumer, c.entry_id])
+        return [bool(x) for x in trip.send()]
 
     def release(self, claim: Claim, consumer: str, lease_ms: int) -> bool:
         """Graceful shutdown: mark our entry idle past the lease so another worker takes it now."""
@@ -430,8 +452,9 @@ class JobStore:
 
     def state(self, job_ids: list[str]) -> dict[str, JobState]:
         """Status, fence and accepted attempt per job, one round trip."""
-        _, states = self._round_trip([], lambda pipe: self._queue_states(pipe, job_ids))
-        return {job_id: JobState.parse(*values) for job_id, values in zip(job_ids, states, strict=True)}
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_states(pipe, job_ids)
+        return {job_id: JobState.parse(*values) for job_id, values in zip(job_ids, pipe.execute(), strict=True)}
 
     def heartbeat(self, worker: str, storage_ok: bool = True) -> None:
         """The worker is alive; `storage_ok` False while it cannot store videos (not ready)."""

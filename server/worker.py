@@ -6,8 +6,9 @@
       admit each into the engine
       engine.tick()  -> Progress / Finished / Failed; each Finished or Failed goes to the writer pool
       fail the jobs the engine no longer holds that left it without an event, and those past their run time
-      one Redis round trip: the progress of every request that advanced, the step's metrics, and the
-        state of every job in the engine (cancelled, deleted or fenced-out ones leave it before the next step)
+      one Redis round trip, sent by a reporter thread so the engine does not wait on it: the progress of
+        every request that advanced, the step's metrics, and the state of every job in the engine
+        (cancelled, deleted or fenced-out ones leave it after the next step)
     writer pool (bounded): a result's MP4, thumbnail and spritesheet are written, then the job is settled
       (completed, fenced); a failure is settled the same way. Each result is settled on its own, and
       an unknown outcome (a Redis error, or a 0 that may answer a retry of a command whose reply was
@@ -31,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,7 +47,7 @@ from .artifacts import ArtifactStore
 from .jobs import JobStatus, completion
 from .metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from .settings import Settings
-from .store import Claim, JobState, JobStore
+from .store import Claim, JobState, JobStore, StepReport
 
 log = logging.getLogger("paris.worker")
 
@@ -93,6 +94,8 @@ class Worker:
         self.stop = threading.Event()
         self.weight_moves = WeightMoves(store.metrics)
         self.writers = ThreadPoolExecutor(settings.artifact_writers, thread_name_prefix="writer")
+        self.reporter = ThreadPoolExecutor(1, thread_name_prefix="reporter")
+        self._report: Future[dict[str, JobState]] | None = None  # the last step's round trip
         self.storage_ok = True
         self._last_probe = 0.0
 
@@ -355,14 +358,26 @@ class Worker:
         progress = self._on_events(events)
         self._fail_lost()
         self._fail_overdue()
+        self._apply_report()
         with self.lock:
             watched = [job_id for job_id, job in self.running.items() if job.in_engine]
+        report: StepReport = self.store.after_step(progress, watched)
+        self.store.metrics.observe("paris_step_seconds", seconds, STEP_BUCKETS, report.pipe)
+        self.weight_moves.add(self.engine.model.residency.stats, report.pipe)
+        self._report = self.reporter.submit(report.send)
 
-        def record(pipe) -> None:
-            self.store.metrics.observe("paris_step_seconds", seconds, STEP_BUCKETS, pipe)
-            self.weight_moves.add(self.engine.model.residency.stats, pipe)
-
-        for job_id, state in self.store.after_step(progress, watched, record).items():
+    def _apply_report(self) -> None:
+        """Stop the jobs the last step's round trip found cancelled, deleted or fenced out (it
+        waits for that round trip only if it is still under way)."""
+        report, self._report = self._report, None
+        if report is None:
+            return
+        try:
+            states = report.result()
+        except redis.RedisError as exc:  # progress and stop checks resume with the next step
+            _event("report_failed", worker=self.id, error=repr(exc))
+            return
+        for job_id, state in states.items():
             with self.lock:
                 job = self.running.get(job_id)
             if job is not None and job.in_engine and (reason := self._stop_reason(job, state)):
@@ -398,6 +413,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.stop.set()
+        self.reporter.shutdown(wait=True)
         self.writers.shutdown(wait=True)  # results already made are stored (settles give up if Redis is gone)
         with self.lock:
             leftovers = list(self.running.values())
