@@ -103,7 +103,7 @@ if attempts > tonumber(ARGV[7]) then
   return {'exhausted', fence, attempts}
 end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'worker', ARGV[3], 'progress', 0, 'step', 0)
-return {'claimed', fence, attempts}
+return {'claimed', fence, attempts, unpack(redis.call('HGETALL', KEYS[1]))}  -- the claimed job's record
 """
 
 # KEYS: job ; ARGV: fence, field, value, ...
@@ -372,19 +372,28 @@ class JobStore:
                                                           start_id="0-0", count=count)
         return [(eid, (fields or {}).get("job", "")) for eid, fields in entries if fields]
 
-    def claim(self, entry_id: str, job_id: str, worker: str, *, ttl_s: int, max_attempts: int) -> Claim | None:
+    def claim(self, entries: list[tuple[str, str]], worker: str, *, ttl_s: int, max_attempts: int
+              ) -> dict[str, tuple[Claim, Job]]:
+        """Claim delivered entries (entry_id, job_id) in one round trip: job id -> the claim and
+        the job's record. An entry whose job is gone or finished is acked and left out; a job
+        past max_attempts fails and is left out."""
         k = self.keys
-        if not job_id:
-            self.redis.xack(k.stream, GROUP, entry_id)
-            return None
-        outcome, fence, attempts = self._claim(
-            keys=[k.job(job_id), k.stream, k.queued, k.expiry, k.owner_prefix],
-            args=[job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
-        if outcome == "exhausted":
-            self.metrics.count("jobs_finished_total", JobStatus.FAILED)
-        if outcome != "claimed":
-            return None
-        return Claim(job_id, entry_id, int(fence), int(attempts))
+        trip = RoundTrip(self.redis)
+        wanted = [(entry_id, job_id) for entry_id, job_id in entries if job_id]
+        for entry_id, job_id in wanted:
+            trip.script(self._claim, [k.job(job_id), k.stream, k.queued, k.expiry, k.owner_prefix],
+                        [job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
+        for entry_id, job_id in entries:
+            if not job_id:
+                trip.pipe.xack(k.stream, GROUP, entry_id)
+        claims = {}
+        for (entry_id, job_id), (outcome, fence, attempts, *record) in zip(wanted, trip.send()[:len(wanted)], strict=True):
+            if outcome == "exhausted":
+                self.metrics.count("jobs_finished_total", JobStatus.FAILED)
+            if outcome == "claimed":
+                job = Job.from_hash(dict(zip(record[::2], record[1::2], strict=True)))
+                claims[job_id] = (Claim(job_id, entry_id, int(fence), int(attempts)), job)
+        return claims
 
     def after_step(self, progress: list[tuple[Claim, int, int]], watched: list[str]) -> StepReport:
         """A worker's Redis work after one engine step, queued for one round trip: the fenced

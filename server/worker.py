@@ -1,8 +1,9 @@
 """The worker: one loop around the step-level engine, and a pool of writer threads beside it.
 
     loop:
-      claim up to the free capacity (XAUTOCLAIM of dead workers' jobs, then XREADGROUP COUNT=free);
-        nothing while the artifact storage fails (it is probed until it works again)
+      claim up to the free capacity (XAUTOCLAIM of dead workers' jobs, then XREADGROUP COUNT=free;
+        the claims in one round trip); nothing while the artifact storage fails (it is probed until
+        it works again)
       admit each into the engine
       engine.tick()  -> Progress / Finished / Failed; each Finished or Failed goes to the writer pool
       fail the jobs the engine no longer holds that left it without an event, and those past their run time
@@ -23,6 +24,7 @@ Progress is 0-99 while denoising (step/total) and 100 only once the MP4 is store
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -44,7 +46,7 @@ from pipeline.request import ResolvedRequest
 from pipeline.results import Event, Failed, Finished, GenerationResult, Progress
 
 from .artifacts import ArtifactStore
-from .jobs import JobStatus, completion
+from .jobs import Job, JobStatus, completion
 from .metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from .settings import Settings
 from .store import Claim, JobState, JobStore, StepReport
@@ -70,6 +72,14 @@ class RunningJob:
     in_engine: bool = True  # False once it left the engine: the writer pool stores and settles it
 
 
+def _lower_priority() -> None:
+    """Writer threads (and the ffmpeg processes they start, which inherit it) yield the CPU to
+    the engine's thread: storing is background work, feeding the engine is not. Linux sets nice
+    per thread; elsewhere this is a no-op."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _settled_as(claim: Claim, target: JobStatus, state: JobState) -> bool | None:
     """Whether the job's state shows this claim's final transition to `target`: None while the
     job is still this claim's and running (the transition did not apply: send it again)."""
@@ -93,7 +103,8 @@ class Worker:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.weight_moves = WeightMoves(store.metrics)
-        self.writers = ThreadPoolExecutor(settings.artifact_writers, thread_name_prefix="writer")
+        self.writers = ThreadPoolExecutor(settings.artifact_writers, thread_name_prefix="writer",
+                                          initializer=_lower_priority)
         self.reporter = ThreadPoolExecutor(1, thread_name_prefix="reporter")
         self._report: Future[dict[str, JobState]] | None = None  # the last step's round trip
         self.storage_ok = True
@@ -129,28 +140,24 @@ class Worker:
         return self.engine.free_slots if writing < self.settings.max_batch else 0
 
     def _claim_entries(self, entries: list[tuple[str, str]], source: Literal["new", "reclaim"]) -> None:
-        for entry_id, job_id in entries:
-            with self.lock:
-                mine = job_id in self.running
-            if mine:  # our own entry went idle (a slow step starved the lease thread): XAUTOCLAIM renewed it
-                _event("lease_renewed_late", job=job_id, worker=self.id)
-                continue
-            claim = self.store.claim(entry_id, job_id, self.id, ttl_s=self.settings.job_ttl_s,
-                                     max_attempts=self.settings.max_attempts)
-            if claim is None:
+        with self.lock:
+            mine = {job_id for _, job_id in entries if job_id in self.running}
+        for job_id in mine:  # our own entry went idle (a slow step starved the lease thread): XAUTOCLAIM renewed it
+            _event("lease_renewed_late", job=job_id, worker=self.id)
+        entries = [(entry_id, job_id) for entry_id, job_id in entries if job_id not in mine]
+        if not entries:
+            return
+        claims = self.store.claim(entries, self.id, ttl_s=self.settings.job_ttl_s,
+                                  max_attempts=self.settings.max_attempts)
+        for _, job_id in entries:
+            if job_id not in claims:
                 _event("claim_skipped", job=job_id, worker=self.id, how=source)
                 continue
+            claim, job = claims[job_id]
             _event("job_claimed", job=job_id, worker=self.id, how=source, fence=claim.fence, attempt=claim.attempts)
-            self._admit(claim)
+            self._admit(claim, job)
 
-    def _admit(self, claim: Claim) -> None:
-        try:
-            job = self.store.get(claim.job_id)
-        except redis.RedisError as exc:  # not held, so its lease lapses and a worker claims it again
-            _event("admit_deferred", job=claim.job_id, worker=self.id, error=repr(exc))
-            return
-        if job is None:  # deleted since the claim: nothing to run
-            return
+    def _admit(self, claim: Claim, job: Job) -> None:
         now = time.time()
         running = RunningJob(claim, now, now + self.settings.max_job_seconds)
         with self.lock:

@@ -22,7 +22,8 @@ def test_requeue_refunds_the_attempt_and_its_budget_ends_in_a_clear_failure(valk
         ids.append(job.id)
     [(entry, job_id)] = store.read_new("w1", 1, 0)
     assert job_id == ids[0]
-    first = store.claim(entry, job_id, "w1", ttl_s=60, max_attempts=3)
+    first, record = store.claim([(entry, job_id)], "w1", ttl_s=60, max_attempts=3)[job_id]
+    assert record.status is JobStatus.IN_PROGRESS and record.fence == first.fence == 1
     assert store.requeue(first, "w1", lease_ms=1000, ttl_s=60, max_requeues=1)
     job = store.get(job_id)
     assert (job.status, job.attempts, job.worker) == (JobStatus.QUEUED, 0, None)
@@ -31,7 +32,7 @@ def test_requeue_refunds_the_attempt_and_its_budget_ends_in_a_clear_failure(valk
 
     # another worker takes it at once, without waiting for a lease to lapse
     assert [j for _, j in store.reclaim_stale("w2", 5, lease_ms=1000)] == [job_id]
-    second = store.claim(entry, job_id, "w2", ttl_s=60, max_attempts=3)
+    second, _ = store.claim([(entry, job_id)], "w2", ttl_s=60, max_attempts=3)[job_id]
     assert (second.fence, second.attempts) == (2, 1)
     assert store.requeue(second, "w2", lease_ms=1000, ttl_s=60, max_requeues=1)  # the budget is spent: fails
     job = store.get(job_id)
