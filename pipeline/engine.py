@@ -139,6 +139,11 @@ class Engine:
             raise RuntimeError("engine is full")
         self.pending.append((job_id, request))
 
+    @property
+    def job_ids(self) -> set[str]:
+        """Every request the engine holds (pending or active)."""
+        return {job_id for job_id, _ in self.pending} | self.active.keys()
+
     def cancel(self, job_id: str) -> bool:
         before = len(self.pending) + len(self.active)
         self.pending = [(j, r) for j, r in self.pending if j != job_id]
@@ -222,24 +227,42 @@ class Engine:
     def _encode_texts(self, pending: list[tuple[str, ResolvedRequest]],
                       events: list[Event]) -> dict[str, tuple[TextEmbedding, TextEmbedding]]:
         """Per job, the (prompt, negative prompt) embeddings. The texts not in the cache are
-        encoded in one T5 and one CLIP batch; if that fails, the jobs that needed them fail."""
+        encoded in one T5 and one CLIP batch; if that fails, each is encoded alone, so a text the
+        encoders cannot take (a lone surrogate, say) fails only the jobs that carry it."""
         wanted = {job_id: (self._prompt_text(r), r.negative_prompt) for job_id, r in pending}
         texts = {t for pair in wanted.values() for t in pair}
         found = {t: e for t in texts if (e := self.cache.get(t)) is not None}
         missing = sorted(texts - found.keys())
-        if missing:
-            m, comps = self.model, self.model.components
-            try:
-                t5 = self._timed(encode_t5, m.get("t5"), m.t5_tokenizer, missing, comps["t5"].max_length or 512)
-                clip = self._timed(encode_clip, m.get("clip"), m.clip_tokenizer, missing, comps["clip"].max_length or 77)
-            except Exception as exc:
-                events += [self._failed(j, f"could not encode the prompt: {exc}", exc, "encode_failed")
-                           for j, pair in wanted.items() if not found.keys() >= set(pair)]
+        errors: dict[str, Exception] = {}
+        try:
+            found.update(self._encode_batch(missing))
+        except Exception as exc:
+            if len(missing) == 1:
+                errors[missing[0]] = exc
             else:
-                for i, text in enumerate(missing):  # each its own tensors: a cached row keeps no batch alive
-                    found[text] = TextEmbedding(t5[i : i + 1].clone().to(m.device), clip[i : i + 1].clone().to(m.device))
-                    self.cache.put(text, found[text])
+                for text in missing:
+                    try:
+                        found.update(self._encode_batch([text]))
+                    except Exception as alone:
+                        errors[text] = alone
+        for job_id, pair in wanted.items():
+            bad = [errors[t] for t in pair if t in errors]
+            if bad:
+                events.append(self._failed(job_id, f"could not encode the prompt: {bad[0]}", bad[0], "encode_failed"))
         return {j: (found[p], found[n]) for j, (p, n) in wanted.items() if p in found and n in found}
+
+    def _encode_batch(self, texts: list[str]) -> dict[str, TextEmbedding]:
+        """T5 and CLIP embeddings of `texts` in one batch each, put in the cache."""
+        if not texts:
+            return {}
+        m, comps = self.model, self.model.components
+        t5 = self._timed(encode_t5, m.get("t5"), m.t5_tokenizer, texts, comps["t5"].max_length or 512)
+        clip = self._timed(encode_clip, m.get("clip"), m.clip_tokenizer, texts, comps["clip"].max_length or 77)
+        out = {}
+        for i, text in enumerate(texts):  # each its own tensors: a cached row keeps no batch alive
+            out[text] = TextEmbedding(t5[i : i + 1].clone().to(m.device), clip[i : i + 1].clone().to(m.device))
+            self.cache.put(text, out[text])
+        return out
 
     def _encode_images(self, items: list[tuple[str, ResolvedRequest]],
                        events: list[Event]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

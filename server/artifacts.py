@@ -8,7 +8,9 @@ files can never replace the accepted ones. Paths sent by users never reach the f
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,20 @@ class ArtifactStore:
 
     def variant_path(self, job_id: str, fence: int, variant: str) -> Path:
         return self.attempt_dir(job_id, fence) / VARIANTS[variant][0]
+
+    def read_input(self, job_id: str) -> bytes:
+        return self.input_path(job_id).read_bytes()
+
+    def probe(self) -> None:
+        """Raise OSError unless a file can be written here now (a worker's storage health check)."""
+        path = self.root / f".probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(path, "wb") as f:
+                f.write(b"paris storage probe\n")
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            path.unlink(missing_ok=True)
 
     def write(self, job_id: str, fence: int, result: GenerationResult) -> None:
         """The attempt's MP4, thumbnail and spritesheet."""

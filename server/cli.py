@@ -55,6 +55,9 @@ WORKER_FLAGS = (
          "(default 24)"),
     Flag("--worker-id", "worker_id"),
     Flag("--tick-delay", "tick_delay_s", float, "sleep after each step (debugging)"),
+    Flag("--max-job-seconds", "max_job_seconds", float, "a job running longer than this fails with `timeout` "
+         "(default 3600)"),
+    Flag("--artifact-writers", "artifact_writers", int, "threads writing videos off the engine loop (default 2)"),
 )
 
 

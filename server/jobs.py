@@ -73,6 +73,10 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def workers_storage_down(self) -> str:  # ZSET of worker ids whose artifact storage fails, by last report
+        return f"{self.prefix}:workers:storage_down"
+
+    @property
     def metrics(self) -> str:  # hash of counters and histogram buckets (server/metrics.py)
         return f"{self.prefix}:metrics"
 

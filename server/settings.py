@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     threads: int | None = None                  # torch CPU threads in the worker; None: torch's default
     max_wait: int = 24                          # fairness bound input: see pipeline/engine.py (Scheduling)
     tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
+    max_job_seconds: float = Field(3600.0, gt=0)  # one attempt's run time before it fails with `timeout`
+    artifact_writers: int = Field(2, ge=1)      # threads writing videos and settling jobs off the engine loop
+    max_storage_retries: int = Field(10, ge=0)  # times a job goes back to the queue because storage failed
 
     @field_validator("api_keys", "api_key_hashes", mode="before")
     @classmethod

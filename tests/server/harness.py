@@ -98,11 +98,11 @@ class Stack:
             env[f"PARIS_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
         return env
 
-    def _base(self, cmd: str) -> list[str]:
+    def _base(self, cmd: str, redis_url: str | None = None) -> list[str]:
         argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir", str(self.data_dir),
                 "--artifact-dir", str(self.artifacts)]
-        if self.redis_url:
-            argv += ["--redis-url", self.redis_url]
+        if redis_url or self.redis_url:
+            argv += ["--redis-url", redis_url or self.redis_url]
         return argv
 
     def start_api(self, wait: bool = True, **extra) -> Proc:
@@ -119,8 +119,10 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str, wait: bool = True, **extra) -> Proc:
-        w = Proc(self._base("worker") + ["--worker-id", name], self.tmp / f"worker-{name}.log", self._env(extra))
+    def start_worker(self, name: str, wait: bool = True, redis_url: str | None = None, **extra) -> Proc:
+        """A worker; `redis_url` reaches the stack's Redis another way (through a fault-injecting link)."""
+        w = Proc(self._base("worker", redis_url) + ["--worker-id", name], self.tmp / f"worker-{name}.log",
+                 self._env(extra))
         self.workers.append(w)
         if wait:
             wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()) or
