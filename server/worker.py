@@ -22,13 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import Image
-
 from pipeline.engine import Engine
 from pipeline.request import ResolvedRequest
 from pipeline.results import Event, Failed, Finished, GenerationResult, Progress
 
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, open_artifacts
 from .jobs import JobStatus, completion
 from .metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from .settings import Settings
@@ -104,8 +102,7 @@ class Worker:
                 return
             image = None
             if job.has_image:
-                with Image.open(self.artifacts.input_path(claim.job_id)) as im:
-                    image = im.convert("RGB")
+                image = self.artifacts.read_input(claim.job_id)
             request = ResolvedRequest.from_json(job.request, image)
             with self.lock:
                 self.running[claim.job_id] = RunningJob(claim, request, time.time())
@@ -247,4 +244,4 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
-    return Worker(settings, store, ArtifactStore(settings.resolved_artifact_dir()), engine)
+    return Worker(settings, store, open_artifacts(settings), engine)

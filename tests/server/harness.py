@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from server.embedded import discover
 from server.jobs import Job, Keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,10 +130,7 @@ class Stack:
         return w
 
     def redis(self) -> redis.Redis:
-        url = self.redis_url
-        if not url:
-            port = json.loads((self.data_dir / "valkey" / "port.json").read_text())["port"]
-            url = f"redis://127.0.0.1:{port}"
+        url = self.redis_url or discover(self.data_dir)  # the embedded Valkey's URL, with its password
         return redis.Redis.from_url(url, decode_responses=True)
 
     def job(self, job_id: str) -> Job | None:

@@ -9,7 +9,7 @@ from server.cli import _worker_argv, settings_from_args
 def test_serve_forwards_engine_settings_to_its_worker(tiny_model_dir):
     args = build_parser().parse_args(["serve", "--model", str(tiny_model_dir), "--device-memory", "2GiB",
                                       "--max-wait", "5", "--threads", "1", "--max-batch", "4"])
-    argv = _worker_argv(args, settings_from_args(args), "redis://127.0.0.1:1/0")
+    argv = _worker_argv(args, settings_from_args(args), "cpu")
     pairs = dict(zip(argv[4::2], argv[5::2]))  # after: python -m client.cli worker
     assert pairs["--device-memory"] == "2GiB" and pairs["--max-wait"] == "5"
     assert pairs["--threads"] == "1" and pairs["--max-batch"] == "4"
@@ -17,7 +17,7 @@ def test_serve_forwards_engine_settings_to_its_worker(tiny_model_dir):
 
 def test_serve_leaves_unset_engine_settings_to_the_worker_defaults(tiny_model_dir):
     args = build_parser().parse_args(["serve", "--model", str(tiny_model_dir)])
-    argv = _worker_argv(args, settings_from_args(args), "redis://127.0.0.1:1/0")
+    argv = _worker_argv(args, settings_from_args(args), "cpu")
     assert "--device-memory" not in argv and "--threads" not in argv
 
 
