@@ -244,4 +244,4 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
-    return Worker(settings, store, open_artifacts(settings), engine)
+    return Worker(settings, store, open_artifacts(settings, patient=True), engine)

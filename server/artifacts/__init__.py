@@ -88,12 +88,15 @@ def render(result: GenerationResult, directory: Path) -> None:
     write_spritesheet(result.frames, directory / VARIANTS["spritesheet"][0])
 
 
-def open_artifacts(settings: Settings) -> ArtifactStore:
-    """The store the settings name: S3 for `artifact_url`, else the local directory."""
+def open_artifacts(settings: Settings, *, patient: bool = False) -> ArtifactStore:
+    """The store the settings name: S3 for `artifact_url`, else the local directory. A `patient`
+    store (the worker's) retries S3 for about a minute before it gives up (a storage restart costs
+    no job); the API's gives up within seconds and answers 503."""
     if settings.artifact_url:
         from .s3 import S3Artifacts
 
-        return S3Artifacts(settings.artifact_url, presign_s=settings.artifact_presign_s)
+        return S3Artifacts(settings.artifact_url, presign_s=settings.artifact_presign_s,
+                           max_attempts=10 if patient else 3)
     from .local import LocalArtifacts
 
     return LocalArtifacts(settings.resolved_artifact_dir())

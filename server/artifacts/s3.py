@@ -3,8 +3,8 @@
 The endpoint, credentials and region come the standard way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_REGION, or ~/.aws/config and credentials), so the API and the workers
 need only the same settings, no shared filesystem. Requests are retried with backoff (botocore's
-standard mode) so a storage restart of a few seconds costs no job; a longer outage raises
-StorageError. `/content` streams the object through the API (Range passed on to S3), or, with
+standard mode; the worker's store for about a minute) so a storage restart costs no job; a longer
+outage raises StorageError. `/content` streams the object through the API (Range passed on to S3), or, with
 `presign_s > 0`, redirects to a presigned URL valid that many seconds.
 """
 
@@ -44,11 +44,11 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 class S3Artifacts:
-    def __init__(self, url: str, presign_s: int = 0):
+    def __init__(self, url: str, presign_s: int = 0, max_attempts: int = 3):
         self.bucket, self.prefix = parse_url(url)
         self.presign_s = presign_s
-        self.client = boto3.client("s3", config=Config(
-            retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30,
+        self.client = boto3.client("s3", config=Config(  # backoff: random(0, 2^attempt) s, at most 20 s
+            retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=5, read_timeout=30,
             signature_version="s3v4"))
 
     def _key(self, job_id: str, *parts: str) -> str:

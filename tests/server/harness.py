@@ -99,15 +99,18 @@ class Stack:
             env[f"PARIS_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
         return env
 
-    def _base(self, cmd: str) -> list[str]:
-        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir", str(self.data_dir),
-                "--artifact-dir", str(self.artifacts)]
+    def _base(self, cmd: str, data_dir: Path | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir",
+                str(data_dir or self.data_dir)]
+        if "artifact_url" not in self.settings:  # artifacts on S3: no shared directory at all
+            argv += ["--artifact-dir", str(self.artifacts)]
         if self.redis_url:
             argv += ["--redis-url", self.redis_url]
         return argv
 
-    def start_api(self, wait: bool = True, **extra) -> Proc:
-        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log", self._env(extra))
+    def start_api(self, wait: bool = True, env: dict | None = None, **extra) -> Proc:
+        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log",
+                        {**self._env(extra), **(env or {})})
         if wait:
             wait_until(self._healthy, 60, 0.1, f"api on {self.url} (log {self.api.log})")
         return self.api
@@ -120,8 +123,12 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str, wait: bool = True, **extra) -> Proc:
-        w = Proc(self._base("worker") + ["--worker-id", name], self.tmp / f"worker-{name}.log", self._env(extra))
+    def start_worker(self, name: str, wait: bool = True, data_dir: Path | None = None, env: dict | None = None,
+                     **extra) -> Proc:
+        """A worker; `data_dir` gives it a directory of its own (a machine of its own), `env` raw
+        environment variables (S3 credentials)."""
+        w = Proc(self._base("worker", data_dir) + ["--worker-id", name], self.tmp / f"worker-{name}.log",
+                 {**self._env(extra), **(env or {})})
         self.workers.append(w)
         if wait:
             wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()) or
