@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+
 from ..bodies import read_create_video
 from ..dependencies import ArtifactsDep, Owner, ServicesDep, SettingsDep, StoreDep, Videos
 from ..errors import APIError

@@ -236,3 +236,42 @@ def test_without_keys_each_client_address_has_its_own_limit(make_stack):
     wait_until(lambda: one.post(s.url + "/v1/videos", data={"prompt": "a"}).status_code == 200, 5, 0.1,
                "a freed slot")
     assert json.loads(one.get(s.url + "/health").text)["status"] == "ok"
+
+
+HOSTILE = [  # (name, kwargs for httpx.post) — each must be a 4xx
+    ("surrogate negative_prompt", json_body('{"prompt": "red circle", "negative_prompt": "\\udfff"}')),
+    ("surrogate prompt", json_body('{"prompt": "\\ud800 red circle"}')),
+    ("seconds inf", {"data": {"prompt": "a", "seconds": "inf"}}),
+    ("seconds 1e308", json_body('{"prompt": "a", "seconds": 1e308}')),
+    ("deep json", json_body("[" * 100_000 + "]" * 100_000)),
+    ("16,000,000x1 png", {"data": {"prompt": "a"}, "files": {"input_reference": ("s.png", raw_png(16_000_000, 1),
+                                                                                  "image/png")}}),
+    ("4,000,000x4 png", {"data": {"prompt": "a"}, "files": {"input_reference": ("s.png", raw_png(4_000_000, 4),
+                                                                                 "image/png")}}),
+]
+
+
+def test_hostile_requests_beside_ordinary_jobs(make_stack):
+    """A worker runs ordinary jobs (text- and image-to-video, batched together) while hostile
+    requests arrive: every hostile one is a 4xx within seconds, every ordinary job completes."""
+    s = make_stack(max_batch=8, max_active_jobs_per_key=100)
+    s.start_api()
+    s.start_worker("w")
+    first = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(first, "PNG")
+    ordinary: list[str] = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        hostile = {name: pool.submit(lambda kw=kw: (time.time(), post(s, **kw), time.time())) for name, kw in HOSTILE}
+        for i in range(8):
+            files = {"input_reference": ("f.png", first.getvalue(), "image/png")} if i % 2 else None
+            r = post(s, data={"prompt": f"a red circle {i}", "num_inference_steps": "3"}, files=files)
+            assert r.status_code == 200, r.text
+            ordinary.append(r.json()["id"])
+        for name, future in hostile.items():
+            t0, r, t1 = future.result()
+            assert 400 <= r.status_code < 500 and r.json()["error"]["message"], (name, r.status_code, r.text[:300])
+            assert t1 - t0 < 15, (name, t1 - t0)
+    for job_id in ordinary:
+        v = wait_until(lambda j=job_id: (lambda v: v if v["status"] in ("completed", "failed") else None)(
+            httpx.get(f"{s.url}/v1/videos/{j}").json()), 120, 0.2, f"{job_id} finished")
+        assert v["status"] == "completed", v

@@ -4,6 +4,9 @@ one Redis, one S3 server). Issue 11: 30 jobs, text- and image-to-video, all down
 too), the S3 server restarted mid-run with 0 jobs lost, expiry removes the objects."""
 
 import io
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -15,7 +18,7 @@ from server.artifacts import StorageError
 from server.artifacts.s3 import S3Artifacts
 from weights.recipe.detector import read_mp4
 
-from .harness import wait_until
+from .harness import REPO, wait_until
 from .s3server import SeaweedS3, get_ok
 
 BUCKET, TTL_S = "paris", 60  # long enough to check every job before it expires, on a loaded machine
@@ -131,3 +134,25 @@ def test_presigned_redirect_missing_objects_and_removal(s3, monkeypatch):
     with pytest.raises(StorageError, match="NoSuchBucket|404") as err:
         S3Artifacts("s3://no-such-bucket").check()
     assert s3.endpoint not in str(err.value)
+
+
+def test_api_with_storage_down_answers_503_and_checks_the_bucket_at_start(make_stack, s3, tiny_model_dir):
+    p = subprocess.run([sys.executable, "-m", "client.cli", "api", "--model", str(tiny_model_dir),
+                        "--artifact-url", "s3://no-such-bucket/x", "--redis-url", "redis://127.0.0.1:1/0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **s3.env})
+    assert p.returncode != 0 and "no-such-bucket" in p.stderr and "not reachable" in p.stderr, p.stderr[-2000:]
+
+    s = make_stack(artifact_url=f"s3://{BUCKET}/down")
+    s.start_api(env=s3.env)
+    s3.stop()
+    try:
+        t0 = time.time()
+        r = httpx.post(s.url + "/v1/videos", data={"prompt": "a"}, timeout=60,
+                       files={"input_reference": ("f.png", png((1, 2, 3)), "image/png")})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        assert r.headers["retry-after"] and s3.endpoint not in r.text and time.time() - t0 < 30
+        # text-to-video needs no storage to be accepted
+        assert httpx.post(s.url + "/v1/videos", data={"prompt": "a"}, timeout=30).status_code == 200
+    finally:
+        s3.start()
