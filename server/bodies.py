@@ -104,7 +104,7 @@ def parse_json(data: bytes):
                            code="invalid_json")
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: only if the depth check above were wrong
         raise APIError(400, "The body is not valid JSON.", code="invalid_json") from None
 
 

@@ -125,7 +125,7 @@ def test_valkey_is_supervised_health_follows_it(make_stack):
     s = make_stack(embedded=True)
     s.start_api()
     s.start_worker("w")
-    ids = [create(s.url, f"a red circle {i}", steps=6) for i in range(6)]
+    ids = [create(s.url, f"a red circle {i}", steps=4) for i in range(6)]
     pid = valkey_pid(s)
 
     os.kill(pid, signal.SIGSTOP)  # Valkey stops answering: not alive, though its process exists
@@ -139,7 +139,7 @@ def test_valkey_is_supervised_health_follows_it(make_stack):
     wait_until(lambda: httpx.get(s.url + "/health", timeout=10).status_code == 200 and valkey_pid(s) != pid,
                30, 0.1, "valkey restarted")
     assert any(e["event"] == "valkey_restarted" for e in s.api.events())
-    ids += [create(s.url, f"a green square {i}", steps=6) for i in range(4)]
+    ids += [create(s.url, f"a green square {i}", steps=4) for i in range(4)]
     for job_id in ids:
         assert completed(s.url, job_id, timeout=120)["status"] == "completed", job_id
 
