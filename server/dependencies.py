@@ -14,9 +14,11 @@ from pipeline.manifest import Manifest
 
 from .artifacts import ArtifactStore
 from .auth import KeyRing
+from .embedded import EmbeddedValkey
 from .settings import Settings
 from .store import JobStore
 from .owned_videos import OwnedVideos
+from .uploads import ImageLimits, ImageSlots
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class Services:
     keys: KeyRing
     registry: CollectorRegistry
     started_at: int  # the models' `created`
+    image_limits: ImageLimits
+    image_slots: ImageSlots
+    valkey: EmbeddedValkey | None  # the embedded Valkey this process supervises (its state is our health)
 
 
 def get_services(request: Request) -> Services:

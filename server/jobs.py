@@ -97,6 +97,9 @@ class Keys:
     def owner_active(self, owner: str) -> str:  # SET of an owner's queued and running ids (the limit)
         return f"{self.owner_prefix}{owner}:active"
 
+    def client_active(self, address: str) -> str:  # SET of a client address's active ids (the limit without keys)
+        return f"{self.prefix}:client:{address}:active"
+
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"
 

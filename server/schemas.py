@@ -14,7 +14,7 @@ from .jobs import Job, JobStatus
 class CreateVideo(BaseModel):
     """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # Infinity, NaN, "inf": 400 naming the field
     prompt: str
     model: str | None = None
     seconds: float | None = Field(default=None, gt=0)

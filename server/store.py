@@ -59,24 +59,45 @@ local function finish(job, stream, active, expiry, id, status, now, ttl, group, 
 end
 """
 
-# KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none)
-# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, field, value, ... (the whole job hash)
+# KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none), limit set
+# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, fingerprint, field, value, ... (the whole job hash)
+# The idempotency key holds "<job id> <fingerprint>"; its job's hash is returned whole, read in this
+# same script, so a DELETE racing the POST cannot leave the API holding an id with no job.
+# The limit set is owner_active, or a per-client-address set (no API keys) that the finish scripts
+# do not know about: jobs in it that finished or were deleted are forgotten here.
 ENQUEUE = """
 if KEYS[7] ~= '' then
   local ex = redis.call('GET', KEYS[7])
-  if ex and redis.call('EXISTS', ARGV[5] .. ex) == 1 then return {'existing', ex} end
+  if ex then
+    local id, fingerprint = string.match(ex, '^(%S+) ?(%S*)$')
+    local job = redis.call('HGETALL', ARGV[5] .. id)
+    if #job > 0 then
+      if fingerprint ~= '' and fingerprint ~= ARGV[6] then return {'conflict', id} end  -- '': a key from before fingerprints
+      return {'existing', id, job}
+    end
+  end
 end
-if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[2]) then
+if KEYS[8] ~= KEYS[6] then
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[8])) do
+    local status = redis.call('HGET', ARGV[5] .. member, 'status')
+    if status ~= 'queued' and status ~= 'in_progress' then redis.call('SREM', KEYS[8], member) end
+  end
+end
+if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[2]) then
   return {'limit', ''}
 end
 local id = ARGV[1]
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), id)  -- queue position: enqueue order
 redis.call('ZADD', KEYS[5], ARGV[3], id)
 redis.call('SADD', KEYS[6], id)
-if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id, 'EX', ARGV[4]) end
+if KEYS[8] ~= KEYS[6] then
+  redis.call('SADD', KEYS[8], id)
+  redis.call('EXPIRE', KEYS[8], ARGV[4])
+end
+if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id .. ' ' .. ARGV[6], 'EX', ARGV[4]) end
 local entry = redis.call('XADD', KEYS[2], '*', 'job', id)
 redis.call('HSET', KEYS[1], 'entry_id', entry)
 return {'created', id}
@@ -181,6 +202,9 @@ return status
 """
 
 
+Enqueued = Literal["created", "existing", "conflict", "limit"]
+
+
 @dataclass(frozen=True)
 class Claim:
     """A worker's hold on a job: writes are fenced by `fence` (see the module doc)."""
@@ -280,18 +304,27 @@ class JobStore:
             return False
 
     # ---- API side -------------------------------------------------------------------------
-    def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None,
-                idem_ttl_s: int = 86400) -> tuple[str, str]:
-        """Returns (outcome, job_id) with outcome 'created' | 'existing' | 'limit'."""
+    def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None, fingerprint: str = "-",
+                idem_ttl_s: int = 86400, client: str | None = None) -> tuple[Enqueued, Job | None]:
+        """The outcome and the job it concerns: `job` itself when created, the job the
+        Idempotency-Key already names (as it was when read) when 'existing', None for 'conflict'
+        (the key names a job made from another request, `fingerprint` differs) and 'limit'.
+        `client` (an address) counts the limit per client instead of per owner."""
         k = self.keys
         idem = k.idempotency(job.owner, idempotency_key) if idempotency_key else ""
+        active = k.owner_active(job.owner)
         out = self._enqueue(
-            keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), k.owner_active(job.owner), idem],
-            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix,
+            keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), active, idem,
+                  k.client_active(client) if client else active],
+            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix, fingerprint,
                   *(x for field in job.to_hash().items() for x in field)])
-        if out[0] == "created":
+        outcome: Enqueued = out[0]
+        if outcome == "created":
             self.metrics.count("jobs_created_total")
-        return out[0], out[1]
+            return outcome, job
+        if outcome == "existing":
+            return outcome, Job.from_hash(dict(zip(out[2][::2], out[2][1::2], strict=True)))
+        return outcome, None
 
     def get(self, job_id: str) -> Job | None:
         data = self.redis.hgetall(self.keys.job(job_id))

@@ -25,7 +25,6 @@ Progress is 0-99 while denoising (step/total) and 100 only once the MP4 is store
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -39,13 +38,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis
-from PIL import Image
 
 from pipeline.engine import Engine
 from pipeline.request import ResolvedRequest
 from pipeline.results import Event, Failed, Finished, GenerationResult, Progress
 
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, open_artifacts
 from .jobs import Job, JobStatus, completion
 from .metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from .settings import Settings
@@ -169,11 +167,7 @@ class Worker:
             self.writers.submit(self._storage_failed, running, exc)
             return
         try:
-            image = None
-            if first_frame is not None:
-                with Image.open(io.BytesIO(first_frame)) as im:
-                    image = im.convert("RGB")
-            self.engine.admit(claim.job_id, ResolvedRequest.from_json(job.request, image))
+            self.engine.admit(claim.job_id, ResolvedRequest.from_json(job.request, first_frame))
         except Exception as exc:
             _event("admit_failed", job=claim.job_id, worker=self.id, error=repr(exc))
             self._settle_failure(running, "generation_failed", f"could not start: {exc}")
@@ -184,7 +178,7 @@ class Worker:
             return
         self._last_probe = time.time()
         try:
-            self.artifacts.probe()
+            self.artifacts.check()
         except OSError:
             return
         self.storage_ok = True
@@ -487,4 +481,4 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
                     limits=memory_limits(plan) if plan else MemoryLimits())
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
-    return Worker(settings, store, ArtifactStore(settings.resolved_artifact_dir()), engine)
+    return Worker(settings, store, open_artifacts(settings, patient=True), engine)

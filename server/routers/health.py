@@ -1,5 +1,5 @@
-"""/health (liveness), /ready (Redis reachable and a fresh heartbeat of a worker that can store videos),
-/metrics."""
+"""/health (liveness: this process, and the embedded Valkey it supervises), /ready (Redis reachable
+and a fresh heartbeat of a worker that can store videos), /metrics."""
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
@@ -12,7 +12,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health():
+async def health(services: ServicesDep):
+    if services.valkey is not None and not await run_in_threadpool(services.valkey.alive):
+        return error_response(503, "The embedded Valkey is down; it is being restarted.", code="valkey_down")
     return {"status": "ok"}
 
 

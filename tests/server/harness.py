@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from server.embedded import discover
 from server.jobs import Job, Keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,15 +99,18 @@ class Stack:
             env[f"PARIS_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
         return env
 
-    def _base(self, cmd: str, redis_url: str | None = None) -> list[str]:
-        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir", str(self.data_dir),
-                "--artifact-dir", str(self.artifacts)]
+    def _base(self, cmd: str, data_dir: Path | None = None, redis_url: str | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir",
+                str(data_dir or self.data_dir)]
+        if "artifact_url" not in self.settings:  # artifacts on S3: no shared directory at all
+            argv += ["--artifact-dir", str(self.artifacts)]
         if redis_url or self.redis_url:
             argv += ["--redis-url", redis_url or self.redis_url]
         return argv
 
-    def start_api(self, wait: bool = True, **extra) -> Proc:
-        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log", self._env(extra))
+    def start_api(self, wait: bool = True, env: dict | None = None, **extra) -> Proc:
+        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log",
+                        {**self._env(extra), **(env or {})})
         if wait:
             wait_until(self._healthy, 60, 0.1, f"api on {self.url} (log {self.api.log})")
         return self.api
@@ -119,10 +123,13 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str, wait: bool = True, redis_url: str | None = None, **extra) -> Proc:
-        """A worker; `redis_url` reaches the stack's Redis another way (through a fault-injecting link)."""
-        w = Proc(self._base("worker", redis_url) + ["--worker-id", name], self.tmp / f"worker-{name}.log",
-                 self._env(extra))
+    def start_worker(self, name: str, wait: bool = True, data_dir: Path | None = None, env: dict | None = None,
+                     redis_url: str | None = None, **extra) -> Proc:
+        """A worker; `data_dir` gives it a directory of its own (a machine of its own), `env` raw
+        environment variables (S3 credentials), `redis_url` reaches the stack's Redis another way
+        (through a fault-injecting link)."""
+        w = Proc(self._base("worker", data_dir, redis_url) + ["--worker-id", name], self.tmp / f"worker-{name}.log",
+                 {**self._env(extra), **(env or {})})
         self.workers.append(w)
         if wait:
             wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()) or
@@ -131,10 +138,7 @@ class Stack:
         return w
 
     def redis(self) -> redis.Redis:
-        url = self.redis_url
-        if not url:
-            port = json.loads((self.data_dir / "valkey" / "port.json").read_text())["port"]
-            url = f"redis://127.0.0.1:{port}"
+        url = self.redis_url or discover(self.data_dir)  # the embedded Valkey's URL, with its password
         return redis.Redis.from_url(url, decode_responses=True)
 
     def job(self, job_id: str) -> Job | None:

@@ -12,7 +12,7 @@ import pytest
 from pipeline.engine import Engine
 from pipeline.manifest import read_manifest
 from pipeline.request import GenerationRequest, resolve
-from server.artifacts import ArtifactStore
+from server.artifacts.local import LocalArtifacts
 from server.auth import PUBLIC_OWNER
 from server.jobs import Job, JobStatus, new_job_id
 from server.settings import Settings
@@ -52,7 +52,7 @@ def run_worker(tiny_model, tiny_model_dir, valkey, tmp_path):
         settings = Settings(model=str(tiny_model_dir), key_prefix=f"t{uuid.uuid4().hex[:8]}", lease_ms=3000,
                             max_batch=4, artifact_dir=tmp_path / "artifacts")
         store = JobStore.from_url(valkey.connection_url, settings.key_prefix)
-        worker = Worker(settings, store, ArtifactStore(settings.resolved_artifact_dir()),
+        worker = Worker(settings, store, LocalArtifacts(settings.resolved_artifact_dir()),
                         engine_class(tiny_model, max_batch=4), "in-process")
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
