@@ -100,6 +100,16 @@ class RedisCollector:
         h.add_metric([], cum, values.get(f"{name}_sum|", 0.0))
         return h
 
+    @staticmethod
+    def _labelled(name, doc, label, values):
+        """A counter with one label, from the `<name>_total|<label value>` fields."""
+        counter = CounterMetricFamily(f"paris_{name}", doc, labels=[label])
+        prefix = f"{name}_total|"
+        for k, v in values.items():
+            if k.startswith(prefix):
+                counter.add_metric([k[len(prefix):]], v)
+        return counter
+
     def collect(self):
         s = self.store
         try:
@@ -123,34 +133,17 @@ class RedisCollector:
         c = CounterMetricFamily("paris_jobs_created", "Jobs accepted by the API")
         c.add_metric([], values.get("jobs_created_total|", 0.0))
         yield c
-        f = CounterMetricFamily("paris_jobs_finished", "Jobs finished, by final status", labels=["status"])
-        for k, v in values.items():
-            if k.startswith("jobs_finished_total|"):
-                f.add_metric([k.split("|", 1)[1]], v)
-        yield f
-        stops = CounterMetricFamily("paris_worker_stops", "Jobs a worker stopped running, by reason (cancelled, "
-                                    "deleted, fenced_out, timeout, engine_lost)", labels=["reason"])
-        for k, v in values.items():
-            if k.startswith("worker_stops_total|"):
-                stops.add_metric([k.split("|", 1)[1]], v)
-        yield stops
+        yield self._labelled("jobs_finished", "Jobs finished, by final status", "status", values)
+        yield self._labelled("worker_stops", "Jobs a worker stopped running, by reason (cancelled, deleted, "
+                             "fenced_out, timeout, engine_lost)", "reason", values)
         for name, doc in (("storage_faults", "Artifact writes or reads that failed with an OS error"),
                           ("jobs_requeued", "Jobs handed back to the queue because their files could not be stored")):
             counter = CounterMetricFamily(f"paris_{name}", doc)
             counter.add_metric([], values.get(f"{name}_total|", 0.0))
             yield counter
-        e = CounterMetricFamily("paris_expert_steps", "Denoising steps routed to each expert (expert load)",
-                                labels=["expert"])
-        for k, v in values.items():
-            if k.startswith("expert_steps_total|"):
-                e.add_metric([k.split("|", 1)[1]], v)
-        yield e
-        loads = CounterMetricFamily("paris_component_loads", "Weights brought to the device, by component "
-                                    "(lazy first loads and reloads after eviction)", labels=["component"])
-        for k, v in values.items():
-            if k.startswith("component_loads_total|"):
-                loads.add_metric([k.split("|", 1)[1]], v)
-        yield loads
+        yield self._labelled("expert_steps", "Denoising steps routed to each expert (expert load)", "expert", values)
+        yield self._labelled("component_loads", "Weights brought to the device, by component (lazy first loads "
+                             "and reloads after eviction)", "component", values)
         for name, doc in (("bytes_to_device", "Weight bytes moved onto the compute device"),
                           ("bytes_streamed", "Of those, bytes of experts streamed block by block"),
                           ("bytes_from_disk", "Weight bytes read from safetensors files")):
