@@ -129,14 +129,20 @@ def _run_api(settings: Settings, url: str) -> None:
 
     from .app import create_app
 
-    app = create_app(settings, redis_url=url)
+    try:
+        app = create_app(settings, redis_url=url)
+    except ValueError as exc:  # e.g. a refused PARIS_WEBHOOK_URLS entry: a clear message, not a traceback
+        raise SystemExit(f"paris: {exc}") from None
     # uvicorn restores the previous handlers after shutdown and re-raises the signal; make that an
     # exception so the caller's `finally` stops the embedded Valkey and the worker subprocess.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
                          "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    # Event streams stay open until their job ends: on shutdown, give them a few seconds, then close
+    # them (the browser reconnects with Last-Event-ID, to another API process if need be).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
 
 
 def cmd_api(args) -> int:

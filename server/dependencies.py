@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio
 from fastapi import Depends, Header, Request
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +18,7 @@ from .auth import KeyRing
 from .settings import Settings
 from .store import JobStore
 from .owned_videos import OwnedVideos
+from .webhook_service import WebhookService
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Services:
     keys: KeyRing
     registry: CollectorRegistry
     started_at: int  # the models' `created`
+    webhooks: WebhookService
+    event_reader: redis.asyncio.Redis  # blocking reads of job event logs (/events), off the sync client
 
 
 def get_services(request: Request) -> Services:
@@ -50,6 +54,14 @@ def get_artifacts(services: Annotated[Services, Depends(get_services)]) -> Artif
     return services.artifacts
 
 
+def get_webhooks(services: Annotated[Services, Depends(get_services)]) -> WebhookService:
+    return services.webhooks
+
+
+def get_event_reader(services: Annotated[Services, Depends(get_services)]) -> redis.asyncio.Redis:
+    return services.event_reader
+
+
 def require_owner(services: Annotated[Services, Depends(get_services)],
                   authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> str:
     """The caller's owner id (from its API key), or 401."""
@@ -68,3 +80,5 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 Owner = Annotated[str, Depends(require_owner)]
 Videos = Annotated[OwnedVideos, Depends(get_videos)]
+WebhooksDep = Annotated[WebhookService, Depends(get_webhooks)]
+EventReaderDep = Annotated[redis.asyncio.Redis, Depends(get_event_reader)]

@@ -4,14 +4,15 @@ from pathlib import Path
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weights import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore")
+    # hide_input_in_errors: a mistyped secret or key must not end up in a log
+    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore", hide_input_in_errors=True)
 
     # Where things live
     model: str = str(DEFAULT_MODEL)            # model folder served by the API and run by workers
@@ -48,7 +49,16 @@ class Settings(BaseSettings):
     max_wait: int = 24                          # fairness bound input: see pipeline/engine.py (Scheduling)
     tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
 
-    @field_validator("api_keys", "api_key_hashes", mode="before")
+    # Webhooks: video.completed / video.failed, signed with the secret (README: "Playground, events and webhooks")
+    webhook_secret: SecretStr | None = None     # whsec_<base64 key>; without it no webhook is sent or accepted
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # every job's events also go here
+    webhook_allow_private: bool = False         # also private and loopback receivers (link-local stays refused)
+    webhook_ca_file: Path | None = None         # trust this CA bundle for receivers (default: the public CAs)
+    webhook_retry_base_s: float = 5.0           # first retry after about this, then doubling ...
+    webhook_retry_max_s: float = 3600.0         # ... up to this
+    webhook_max_attempts: int = 10
+
+    @field_validator("api_keys", "api_key_hashes", "webhook_urls", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
@@ -64,6 +74,21 @@ class Settings(BaseSettings):
         if v is not None:
             parse_budget(v, "cpu")  # a malformed value is a clear error at startup
         return v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v):
+        from .webhooks import WebhookSecret
+
+        if v is not None:
+            WebhookSecret(v.get_secret_value())  # a malformed secret is a clear error at startup
+        return v
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self):
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError("PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET (whsec_...) to sign its deliveries")
+        return self
 
     def resolved_artifact_dir(self) -> Path:
         return Path(self.artifact_dir) if self.artifact_dir else Path(self.data_dir) / "artifacts"

@@ -18,6 +18,8 @@ State machine (every transition is one Lua script, so it is atomic):
   job's current fence and the job is still in_progress, so a stale worker cannot write.
 * cancel: sets status failed/cancelled at once, removes the entry (XACK+XDEL); the running
   worker sees it between steps and frees the slot.
+* notices (server/notices.py): enqueue, progress, the settles, cancel and an exhausted claim also
+  append to the job's event log and queue its webhooks, guarded in the same transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import redis
 
 from .jobs import GROUP, Job, JobStatus, Keys, hash_args
 from .metrics import Metrics
+from .notices import JobNotices
 
 
 def now_ms() -> int:
@@ -141,18 +144,21 @@ finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], tonumber(ARGV[4]), 
 return 1
 """
 
-# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group
+# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group, message
 CANCEL = _FINISH + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 if status == 'queued' or status == 'in_progress' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
-    {'error_code', 'cancelled', 'error_message', 'The job was cancelled.', 'cancelled_at_step',
+    {'error_code', 'cancelled', 'error_message', ARGV[5], 'cancelled_at_step',
      redis.call('HGET', KEYS[1], 'step') or '0'})
 end
 return status
 """
+
+
+CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ class JobStore:
         self.redis = client
         self.keys = Keys(prefix)
         self.metrics = Metrics(client, self.keys.metrics)
+        self.notices = JobNotices(client, prefix)
         self._enqueue = client.register_script(ENQUEUE)
         self._claim = client.register_script(CLAIM)
         self._progress = client.register_script(PROGRESS)
@@ -216,6 +223,9 @@ class JobStore:
                   *(x for field in job.to_hash().items() for x in field)])
         if out[0] == "created":
             self.metrics.count("jobs_created_total")
+            position = self.queue_position(job.id)
+            if position is not None:
+                self.notices.queued(self.redis, k.job(job.id), job.id, position)
         return out[0], out[1]
 
     def get(self, job_id: str) -> Job | None:
@@ -253,8 +263,11 @@ class JobStore:
         if job is None:
             return None
         k = self.keys
-        prev = self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
-                            args=[job_id, now_ms(), ttl_s, GROUP])
+        pipe = self.redis.pipeline(transaction=True)
+        self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
+                     args=[job_id, now_ms(), ttl_s, GROUP, CANCELLED[1]], client=pipe)
+        self.notices.ended(pipe, k.job(job_id), job_id, job.webhook_urls or [], fence=None, error=CANCELLED)
+        prev = pipe.execute()[0]
         if not prev:
             return None
         prev = JobStatus(prev)
@@ -307,13 +320,31 @@ class JobStore:
             args=[job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
         if outcome == "exhausted":
             self.metrics.count("jobs_finished_total", JobStatus.FAILED)
+            self._exhausted(job_id, int(fence))
         if outcome != "claimed":
             return None
         return Claim(job_id, entry_id, int(fence), int(attempts))
 
-    def progress(self, claim: Claim, percent: int, step: int) -> bool:
-        return bool(self._progress(keys=[self.keys.job(claim.job_id)],
-                                   args=[claim.fence, *hash_args(progress=percent, step=step)]))
+    def _exhausted(self, job_id: str, fence: int) -> None:
+        """The claim script failed the job (attempts exhausted): its event and webhooks, as a settle
+        would queue them (not in the claim's own transaction: the claim returns the fence)."""
+        job = self.get(job_id)
+        if job is None or job.error_code is None:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        self.notices.ended(pipe, self.keys.job(job_id), job_id, job.webhook_urls or [], fence=fence,
+                           error=(job.error_code, job.error_message or ""))
+        pipe.execute()
+
+    def progress(self, claim: Claim, percent: int, step: int, *, total: int, experts: tuple[int, ...],
+                 weights: tuple[float, ...]) -> bool:
+        """Fenced; with the step's event (the experts that ran and their weights)."""
+        key = self.keys.job(claim.job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        self._progress(keys=[key], args=[claim.fence, *hash_args(progress=percent, step=step)], client=pipe)
+        self.notices.progress(pipe, key, claim.job_id, claim.fence, step=step, total=total, percent=percent,
+                              experts=experts, weights=weights)
+        return bool(pipe.execute()[0])
 
     def renew(self, claim: Claim, consumer: str) -> bool:
         return bool(self._renew(keys=[self.keys.job(claim.job_id), self.keys.stream],
@@ -330,15 +361,22 @@ class JobStore:
                             hash_args(**fields, artifact_fence=claim.fence))
 
     def fail(self, claim: Claim, ttl_s: int, code: str, message: str) -> bool:
-        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message[:2000]))
+        message = message[:2000]
+        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message),
+                            (code, message))
 
-    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str]) -> bool:
+    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str],
+                error: tuple[str, str] | None = None) -> bool:
         job = self.get(claim.job_id)
         if job is None:
             return False
         k = self.keys
-        ok = bool(self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
-                               args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args]))
+        pipe = self.redis.pipeline(transaction=True)
+        self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
+                     args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args], client=pipe)
+        self.notices.ended(pipe, k.job(claim.job_id), claim.job_id, job.webhook_urls or [], fence=claim.fence,
+                           error=error)
+        ok = bool(pipe.execute()[0])
         if ok:
             self.metrics.count("jobs_finished_total", status)
         return ok

@@ -172,10 +172,10 @@ class Worker:
         if job is None:
             return
         match event:
-            case Progress(job_id=job_id, step=step, total=total):
+            case Progress(job_id=job_id, step=step, total=total, experts=experts, weights=weights):
                 job.step = step
                 percent = min(99, int(99 * step / max(1, total)))
-                if not self.store.progress(job.claim, percent, step):
+                if not self.store.progress(job.claim, percent, step, total=total, experts=experts, weights=weights):
                     state = self.store.state([job_id])[job_id]
                     self._drop(job_id, self._stop_reason(job, state) or "fenced_out")
             case Finished(job_id=job_id, result=result):

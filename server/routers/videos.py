@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 
 from ..artifacts import VARIANTS
 from ..bodies import read_create_video
-from ..dependencies import ArtifactsDep, ManifestDep, Owner, SettingsDep, StoreDep, Videos
+from ..dependencies import ArtifactsDep, ManifestDep, Owner, SettingsDep, StoreDep, Videos, WebhooksDep
 from ..errors import APIError
 from ..intake import resolve_create
 from ..jobs import Job, JobStatus, new_job_id
@@ -24,16 +24,18 @@ log = logging.getLogger("paris.api")
 
 
 def _video(job: Job, store: JobStore) -> Video:
-    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None)
+    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None,
+                          store.notices.deliveries(job.id) if job.webhook_urls else None)
 
 
 @router.post("/videos", response_model=Video)
 async def create_video(request: Request, owner: Owner, settings: SettingsDep, manifest: ManifestDep,
-                       store: StoreDep, artifacts: ArtifactsDep,
+                       store: StoreDep, artifacts: ArtifactsDep, webhooks: WebhooksDep,
                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
     body, image_bytes = await read_create_video(request, settings.max_upload_bytes)
     resolved = resolve_create(body, image_bytes, manifest, settings)
-    job = Job.new(new_job_id(), owner, manifest.name, resolved)
+    webhook_urls = await run_in_threadpool(webhooks.urls_for, body.webhook_url)
+    job = Job.new(new_job_id(), owner, manifest.name, resolved, webhook_urls)
     if resolved.image is not None:
         path = artifacts.input_path(job.id)
         path.parent.mkdir(parents=True, exist_ok=True)
