@@ -64,6 +64,7 @@ class WebhookService:
             return None
         deliverer = Deliverer(Outbox(client, prefix, self.retry), WebhookSender(self.policy, verify=self.verify),
                               self.secret)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per attempt is the deliverer's own
         stop = threading.Event()
         threading.Thread(target=deliverer.run, args=(stop,), name="webhook-deliverer", daemon=True).start()
         log.info(json.dumps({"event": "webhook_deliverer_started", "server_urls": len(self.server_urls)}))
