@@ -6,7 +6,7 @@ reads the stream from the client's `Last-Event-ID` on, so a reconnect loses noth
 after a terminal event. The stream is not the job queue: it is capped (MAXLEN) and expires.
 
 Who publishes what (data fields):
-    queued     {"position"}                       API, in the enqueue transaction
+    queued     {"position"}                       API, right after the enqueue (while still queued)
     progress   {"step", "total", "progress", "experts", "weights"}   worker, after each step
     completed  {"progress": 100}                  worker, guarded, in the settle transaction
     failed     {"code", "message"}                worker (settle), API (cancel), claim (attempts

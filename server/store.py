@@ -18,8 +18,9 @@ State machine (every transition is one Lua script, so it is atomic):
   job's current fence and the job is still in_progress, so a stale worker cannot write.
 * cancel: sets status failed/cancelled at once, removes the entry (XACK+XDEL); the running
   worker sees it between steps and frees the slot.
-* notices (server/notices.py): enqueue, progress, the settles, cancel and an exhausted claim also
-  append to the job's event log and queue its webhooks, guarded in the same transaction.
+* notices (server/notices.py): progress, the settles and cancel also append to the job's event
+  log and queue its webhooks, guarded, in the same transaction; enqueue and an exhausted claim
+  right after their script (guarded by the state it left).
 """
 
 from __future__ import annotations
