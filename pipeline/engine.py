@@ -334,8 +334,8 @@ class Engine:
                 velocity = velocity + weight * g.combine(out)
             s.latents = sampling.euler_step(s.latents, velocity, s.t, s.t_next)
             s.step += 1
+            events.append(Progress(s.job_id, s.step, s.total, s.choice.experts, s.choice.weights))
             s.choice = None
-            events.append(Progress(s.job_id, s.step, s.total))
 
     def _route(self, states: list[RequestState], events: list[Event]) -> None:
         """Choose this step's experts for every request that has no choice yet; if the router

@@ -179,15 +179,20 @@ def _run_api(settings: Settings, url: str, valkey) -> None:
     from .app import create_app
     from .header_timeout import with_header_timeout
 
-    app = create_app(settings, redis_url=url, valkey=valkey)
+    try:
+        app = create_app(settings, redis_url=url, valkey=valkey)
+    except ValueError as exc:  # e.g. a refused PARIS_WEBHOOK_URLS entry: a clear message, not a traceback
+        raise SystemExit(f"paris: {exc}") from None
     # uvicorn restores the previous handlers after shutdown and re-raises the signal; make that an
     # exception so the caller's `finally` stops the embedded Valkey and the worker subprocesses.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
                          "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
+    # Event streams stay open until their job ends: on shutdown, give them a few seconds, then close
+    # them (the browser reconnects with Last-Event-ID, to another API process if need be).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                http=with_header_timeout(settings.header_timeout_s))
+                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3)
 
 
 def cmd_api(args) -> int:

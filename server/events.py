@@ -6,13 +6,19 @@ reads the stream from the client's `Last-Event-ID` on, so a reconnect loses noth
 after a terminal event. The stream is not the job queue: it is capped (MAXLEN) and expires.
 
 Who publishes what (data fields):
-    queued     {"position"}                       API, in the enqueue transaction
+    queued     {"position"}                       API, right after the enqueue (while still queued)
     progress   {"step", "total", "progress", "experts", "weights"}   worker, after each step
     completed  {"progress": 100}                  worker, guarded, in the settle transaction
     failed     {"code", "message"}                worker (settle), API (cancel), claim (attempts
                                                    exhausted): every transition to failed
-While the job waits, `sse_stream` also reports position changes it reads itself (`queued` frames
-without an `id:`, so they do not move the client's Last-Event-ID).
+A job's log ends with its first terminal event: nothing is appended after it, so a repeated
+cancel or a retried settle cannot add a second ending.
+
+While nothing new arrives, `sse_stream` looks at the job's record (`watch`): it reports queue
+position changes (`queued` frames without an `id:`, so they do not move the client's
+Last-Event-ID), ends when the record is gone, and, should the record have ended without its log
+saying so (the log expired, or its writer died between the two), sends the ending from the
+record (again without an `id:`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,13 @@ TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 # KEYS: stream, guard ; ARGV: maxlen, ttl_s, type, data, guard n, guard pairs...
 _PUBLISH = GUARD_LUA + """
 if not guard_ok(KEYS[2], tonumber(ARGV[5]), 6) then return false end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local f = last[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'type' and (f[i + 1] == 'completed' or f[i + 1] == 'failed') then return false end
+  end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return id
@@ -64,6 +77,23 @@ class JobEvent:
     def sse(self) -> str:
         head = f"id: {self.id}\n" if self.id else ""
         return f"{head}event: {self.type}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What `sse_stream` reads of the job's record while no event arrives."""
+
+    status: str                       # the job's status: queued, in_progress, completed, failed
+    position: int | None = None       # queue position while queued
+    error: dict | None = None         # {"code", "message"} once failed
+
+    def ending(self) -> JobEvent | None:
+        """The terminal frame this record calls for (no id: it is not in the log), if it ended."""
+        if self.status == EventType.COMPLETED:
+            return JobEvent(None, EventType.COMPLETED, {"progress": 100})
+        if self.status == EventType.FAILED:
+            return JobEvent(None, EventType.FAILED, self.error or {"code": "failed", "message": ""})
+        return None
 
 
 class JobEvents:
@@ -85,12 +115,12 @@ class JobEvents:
                 for _, entries in reply for entry_id, fields in entries]
 
     async def sse_stream(self, client: redis.asyncio.Redis, job_id: str, last_event_id: str | None = None, *,
-                         queue_position: Callable[[], Awaitable[int | None]] | None = None,
+                         watch: Callable[[], Awaitable[JobView | None]] | None = None,
                          keepalive_s: float = 15.0, block_ms: int = 1000) -> AsyncIterator[str]:
         """SSE frames of one job, from after `last_event_id` (the header a reconnecting
-        EventSource sends) to the first terminal event. `queue_position` is asked at most once per
-        block_ms while nothing new arrives; a change is sent as a `queued` frame without an id.
-        Comment frames keep idle connections (and proxies) open."""
+        EventSource sends) to the first terminal event. `watch` (the job's record, None once it
+        is gone) is asked at most once per block_ms while nothing new arrives. Comment frames keep
+        idle connections (and proxies) open."""
         after = last_event_id if last_event_id and STREAM_ID_RE.match(last_event_id) else "0-0"
         position: int | None = None
         last_sent = time.monotonic()
@@ -107,11 +137,21 @@ class JobEvents:
             if events:
                 last_sent = time.monotonic()
                 continue
-            if queue_position is not None:
-                now_at = await queue_position()
-                if now_at is not None and now_at != position:
-                    position = now_at
-                    yield JobEvent(None, EventType.QUEUED, {"position": now_at}).sse()
+            if watch is not None:
+                view = await watch()
+                if view is None:  # deleted: nothing more will come
+                    return
+                ending = view.ending()
+                if ending is not None:
+                    # The settle writes record and event together: look once more before
+                    # sending the record's ending, in case the event landed after our read.
+                    if await self.read(client, job_id, after, count=1):
+                        continue
+                    yield ending.sse()
+                    return
+                if view.status == EventType.QUEUED and view.position is not None and view.position != position:
+                    position = view.position
+                    yield JobEvent(None, EventType.QUEUED, {"position": position}).sse()
                     last_sent = time.monotonic()
             if time.monotonic() - last_sent >= keepalive_s:
                 yield ": keep-alive\n\n"

@@ -119,6 +119,7 @@ class Job:
     size: str
     num_inference_steps: int
     has_image: bool
+    webhook_urls: list[str] | None = None  # where video.completed / video.failed go (server-wide + the request's)
     # the state machine
     status: JobStatus = JobStatus.QUEUED
     entry_id: str | None = None  # the stream entry; acked and deleted when the job finishes
@@ -139,11 +140,12 @@ class Job:
     residency: dict | None = None
 
     @classmethod
-    def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest) -> Job:
+    def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest,
+            webhook_urls: list[str] | None = None) -> Job:
         return cls(id=job_id, owner=owner, model=model, created_at=int(time.time()), request=request.to_json(),
                    prompt=request.prompt, seed=request.seed, num_frames=request.num_frames, fps=request.fps,
                    size=request.size, num_inference_steps=request.num_inference_steps,
-                   has_image=request.has_image)
+                   has_image=request.has_image, webhook_urls=webhook_urls or None)
 
     @property
     def seconds(self) -> float:
@@ -163,6 +165,7 @@ class Job:
             id=h["id"], owner=h["owner"], model=h["model"], created_at=int(h["created_at"]), request=h["request"],
             prompt=h["prompt"], seed=int(h["seed"]), num_frames=int(h["num_frames"]), fps=int(h["fps"]),
             size=h["size"], num_inference_steps=int(h["num_inference_steps"]), has_image=h["has_image"] == "1",
+            webhook_urls=opt_json("webhook_urls"),
             status=JobStatus(h["status"]), entry_id=h.get("entry_id"), fence=int(h["fence"]),
             attempts=int(h["attempts"]), worker=h.get("worker"), progress=int(h["progress"]),
             step=opt_int("step"), completed_at=opt_int("completed_at"), expires_at=opt_int("expires_at"),

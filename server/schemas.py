@@ -31,6 +31,7 @@ class CreateVideo(BaseModel):
     routing: RoutingMode | None = None
     expert: int | None = None
     expert_schedule: list[int] | None = None
+    webhook_url: str | None = None  # https receiver of this job's video.completed / video.failed
 
     @field_validator("expert_schedule", mode="before")
     @classmethod
@@ -46,6 +47,29 @@ class CreateVideo(BaseModel):
 class VideoError(BaseModel):
     code: str
     message: str
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDelivery(BaseModel):
+    """One event to one receiver (server/webhooks/outbox.py); `url` is the receiver's origin only."""
+
+    id: str
+    event_id: str
+    type: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    created_at: int
+    finished_at: int | None
+    next_attempt_at: int | None
+    error: str | None
+    attempts: list[WebhookAttempt]
 
 
 class Video(BaseModel):
@@ -75,16 +99,19 @@ class Video(BaseModel):
                                                            "full per-step trace at /v1/videos/{id}/trace")
     residency: dict | None = Field(default=None, description="expert loads and weight bytes moved to the device while "
                                                              "this job ran, and the most ticks it waited for its expert")
+    webhooks: list[WebhookDelivery] | None = Field(default=None, description="deliveries of this job's webhook "
+                                                   "event and their attempts (null: the job has no webhook URL)")
 
     @classmethod
-    def from_job(cls, job: Job, queue_position: int | None = None) -> "Video":
+    def from_job(cls, job: Job, queue_position: int | None = None,
+                 webhooks: list[dict] | None = None) -> "Video":
         error = VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(id=job.id, created_at=job.created_at, completed_at=job.completed_at, expires_at=job.expires_at,
                    model=job.model, status=job.status, progress=job.progress, prompt=job.prompt,
                    seconds=f"{job.seconds:g}", size=job.size, error=error, seed=job.seed, num_frames=job.num_frames,
                    fps=job.fps, num_inference_steps=job.num_inference_steps, step=job.step, attempts=job.attempts,
                    queue_position=queue_position, image_to_video=job.has_image, routing=job.routing,
-                   residency=job.residency)
+                   residency=job.residency, webhooks=webhooks)
 
 
 class VideoList(BaseModel):

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weights import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore")
+    # hide_input_in_errors: a mistyped secret or key must not end up in a log
+    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore", hide_input_in_errors=True)
 
     # Where things live
     model: str = str(DEFAULT_MODEL)            # model folder served by the API and run by workers
@@ -64,11 +65,20 @@ class Settings(BaseSettings):
     artifact_writers: int = Field(2, ge=1)      # threads writing videos and settling jobs off the engine loop
     max_storage_retries: int = Field(10, ge=0)  # times a job goes back to the queue because storage failed
 
+    # Webhooks: video.completed / video.failed, signed with the secret (README: "Playground, events and webhooks")
+    webhook_secret: SecretStr | None = None     # whsec_<base64 key>; without it no webhook is sent or accepted
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # every job's events also go here
+    webhook_allow_private: bool = False         # also private and loopback receivers (link-local stays refused)
+    webhook_ca_file: Path | None = None         # trust this CA bundle for receivers (default: the public CAs)
+    webhook_retry_base_s: float = Field(5.0, gt=0)  # first retry after about this, then doubling ...
+    webhook_retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
+    webhook_max_attempts: int = Field(10, ge=1)
+
     # `paris serve`: its worker processes
     workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
-    @field_validator("api_keys", "api_key_hashes", "devices", mode="before")
+    @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
@@ -96,6 +106,8 @@ class Settings(BaseSettings):
     def _consistent(self):
         if self.artifact_url and self.artifact_dir:
             raise ValueError("give artifact_dir (a directory) or artifact_url (s3://...), not both")
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError("PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET (whsec_...) to sign its deliveries")
         if self.api_key_file is not None:
             try:
                 self.plain_api_keys()
@@ -109,6 +121,15 @@ class Settings(BaseSettings):
             return list(self.api_keys)
         lines = Path(self.api_key_file).read_text().splitlines()
         return self.api_keys + [k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#")]
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v):
+        from .webhooks import WebhookSecret
+
+        if v is not None:
+            WebhookSecret(v.get_secret_value())  # a malformed secret is a clear error at startup
+        return v
 
     def resolved_artifact_dir(self) -> Path:
         return Path(self.artifact_dir) if self.artifact_dir else Path(self.data_dir) / "artifacts"

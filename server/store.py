@@ -21,6 +21,9 @@ State machine (every transition is one Lua script, so it is atomic):
 * requeue: a worker that cannot store a job's files (an infrastructure fault, not the job's)
   hands it back: queued again, first in line, its attempt refunded; a separate budget
   (`requeues`) bounds how often.
+* notices (server/notices.py): progress, the settles and cancel also append to the job's event
+  log and queue its webhooks, guarded, in the same transaction; enqueue and an exhausted claim
+  right after their script (guarded by the state it left).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from redis.exceptions import NoScriptError
 
 from .jobs import GROUP, Job, JobStatus, Keys, hash_args
 from .metrics import Metrics
+from .notices import JobNotices
 
 
 def now_ms() -> int:
@@ -188,14 +192,14 @@ finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], tonumber(ARGV[4]), 
 return 1
 """
 
-# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group
+# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group, message
 CANCEL = _FINISH + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 if status == 'queued' or status == 'in_progress' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
-    {'error_code', 'cancelled', 'error_message', 'The job was cancelled.', 'cancelled_at_step',
+    {'error_code', 'cancelled', 'error_message', ARGV[5], 'cancelled_at_step',
      redis.call('HGET', KEYS[1], 'step') or '0'})
 end
 return status
@@ -203,6 +207,8 @@ return status
 
 
 Enqueued = Literal["created", "existing", "conflict", "limit"]
+
+CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,18 @@ class RoundTrip:
         return results
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """One request's advance in an engine step: what JobStore.after_step writes and tells."""
+
+    claim: Claim
+    percent: int
+    step: int
+    total: int
+    experts: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
 @dataclass
 class StepReport:
     """JobStore.after_step's round trip: `send()` returns the watched jobs' states."""
@@ -277,6 +295,7 @@ class JobStore:
         self.redis = client
         self.keys = Keys(prefix)
         self.metrics = Metrics(client, self.keys.metrics)
+        self.notices = JobNotices(client, prefix)
         self._enqueue = client.register_script(ENQUEUE)
         self._claim = client.register_script(CLAIM)
         self._progress = client.register_script(PROGRESS)
@@ -321,6 +340,9 @@ class JobStore:
         outcome: Enqueued = out[0]
         if outcome == "created":
             self.metrics.count("jobs_created_total")
+            position = self.queue_position(job.id)
+            if position is not None:
+                self.notices.queued(self.redis, k.job(job.id), job.id, position)
             return outcome, job
         if outcome == "existing":
             return outcome, Job.from_hash(dict(zip(out[2][::2], out[2][1::2], strict=True)))
@@ -361,8 +383,11 @@ class JobStore:
         if job is None:
             return None
         k = self.keys
-        prev = self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
-                            args=[job_id, now_ms(), ttl_s, GROUP])
+        pipe = self.redis.pipeline(transaction=True)
+        self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
+                     args=[job_id, now_ms(), ttl_s, GROUP, CANCELLED[1]], client=pipe)
+        self.notices.ended(pipe, k.job(job_id), job_id, job.webhook_urls or [], fence=None, error=CANCELLED)
+        prev = pipe.execute()[0]
         if not prev:
             return None
         prev = JobStatus(prev)
@@ -423,21 +448,38 @@ class JobStore:
         for (entry_id, job_id), (outcome, fence, attempts, *record) in zip(wanted, trip.send()[:len(wanted)], strict=True):
             if outcome == "exhausted":
                 self.metrics.count("jobs_finished_total", JobStatus.FAILED)
+                self._exhausted(job_id, int(fence))
             if outcome == "claimed":
                 job = Job.from_hash(dict(zip(record[::2], record[1::2], strict=True)))
                 claims[job_id] = (Claim(job_id, entry_id, int(fence), int(attempts)), job)
         return claims
 
-    def after_step(self, progress: list[tuple[Claim, int, int]], watched: list[str]) -> StepReport:
+    def after_step(self, progress: list[StepProgress], watched: list[str]) -> StepReport:
         """A worker's Redis work after one engine step, queued for one round trip: the fenced
-        progress (claim, percent, step) of every request that advanced and the state of every
-        job in `watched` (its stop checks; a progress write that did not apply shows there as a
-        changed status or fence). The step's metrics go into `StepReport.pipe`."""
+        progress of every request that advanced, each with its event (guarded: only if the
+        progress write applied), and the state of every job in `watched` (its stop checks; a
+        progress write that did not apply shows there as a changed status or fence). The step's
+        metrics go into `StepReport.pipe`."""
         trip = RoundTrip(self.redis)
-        for c, percent, step in progress:
-            trip.script(self._progress, [self.keys.job(c.job_id)], [c.fence, *hash_args(progress=percent, step=step)])
+        for p in progress:
+            key = self.keys.job(p.claim.job_id)
+            trip.script(self._progress, [key], [p.claim.fence, *hash_args(progress=p.percent, step=p.step)])
+            self.notices.progress(trip.pipe, key, p.claim.job_id, p.claim.fence, step=p.step, total=p.total,
+                                  percent=p.percent, experts=p.experts, weights=p.weights)
+        first_state = len(trip.pipe.command_stack)
         self._queue_states(trip.pipe, watched)
-        return StepReport(trip, watched, len(progress))
+        return StepReport(trip, watched, first_state)
+
+    def _exhausted(self, job_id: str, fence: int) -> None:
+        """The claim script failed the job (attempts exhausted): its event and webhooks, as a settle
+        would queue them (not in the claim's own transaction: the claim returns the fence)."""
+        job = self.get(job_id)
+        if job is None or job.error_code is None:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        self.notices.ended(pipe, self.keys.job(job_id), job_id, job.webhook_urls or [], fence=fence,
+                           error=(job.error_code, job.error_message or ""))
+        pipe.execute()
 
     def renew(self, claims: list[Claim], consumer: str) -> list[bool]:
         """Renew the leases of `claims` (one round trip); False where the claim is no longer current."""
@@ -475,15 +517,21 @@ class JobStore:
     def fail(self, claim: Claim, ttl_s: int, code: str, message: str) -> bool:
         # the message may quote what the engine could not take (a lone surrogate): keep it storable
         message = message[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
-        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message))
+        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message),
+                            (code, message))
 
-    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str]) -> bool:
+    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str],
+                error: tuple[str, str] | None = None) -> bool:
         job = self.get(claim.job_id)
         if job is None:
             return False
         k = self.keys
-        ok = bool(self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
-                               args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args]))
+        pipe = self.redis.pipeline(transaction=True)
+        self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
+                     args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args], client=pipe)
+        self.notices.ended(pipe, k.job(claim.job_id), claim.job_id, job.webhook_urls or [], fence=claim.fence,
+                           error=error)
+        ok = bool(pipe.execute()[0])
         if ok:
             self.metrics.count("jobs_finished_total", status)
         return ok

@@ -47,7 +47,7 @@ from .artifacts import ArtifactStore, open_artifacts
 from .jobs import Job, JobStatus, completion
 from .metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from .settings import Settings
-from .store import Claim, JobState, JobStore, StepReport
+from .store import Claim, JobState, JobStore, StepProgress, StepReport
 
 log = logging.getLogger("paris.worker")
 
@@ -321,8 +321,8 @@ class Worker:
             _event("job_requeued" if requeued else "fenced_out", job=c.job_id, worker=self.id, reason="storage")
 
     # ---- the engine step -------------------------------------------------------------------------
-    def _on_events(self, events: list[Event]) -> list[tuple[Claim, int, int]]:
-        """Hand each result to the writer pool; returns the progress to write (claim, percent, step)."""
+    def _on_events(self, events: list[Event]) -> list[StepProgress]:
+        """Hand each result to the writer pool; returns the progress to write and tell."""
         progress = []
         for event in events:
             with self.lock:
@@ -330,9 +330,10 @@ class Worker:
             if job is None or not job.in_engine:
                 continue
             match event:
-                case Progress(step=step, total=total):
+                case Progress(step=step, total=total, experts=experts, weights=weights):
                     job.step = step
-                    progress.append((job.claim, min(99, int(99 * step / max(1, total))), step))
+                    progress.append(StepProgress(job.claim, min(99, int(99 * step / max(1, total))), step, total,
+                                                 experts, weights))
                 case Finished(result=result):
                     job.in_engine = False
                     self.writers.submit(self._store, job, result)

@@ -23,7 +23,8 @@ log = logging.getLogger("paris.api")
 
 
 def _video(job: Job, store: JobStore) -> Video:
-    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None)
+    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None,
+                          store.notices.deliveries(job.id) if job.webhook_urls else None)
 
 
 @router.post("/videos", response_model=Video)
@@ -35,7 +36,8 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
     if image_bytes is not None:
         image = await services.image_slots.run(load_image, image_bytes, services.image_limits)
     resolved = resolve_create(body, image, services.manifest)
-    job = Job.new(new_job_id(), owner, services.manifest.name, resolved)
+    webhook_urls = await run_in_threadpool(services.webhooks.urls_for, body.webhook_url)
+    job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
     if image is not None:
         await services.image_slots.run(artifacts.write_input, job.id, image)
     outcome, found = await run_in_threadpool(

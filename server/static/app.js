@@ -12,8 +12,6 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
   key: localStorage.getItem(KEY_STORAGE) || "",
-  pollMs: 1000,
-  eventsRoute: true,   // false once the server shows it has no /events route: poll instead
   // id -> {job, card, blobs: blob URLs to revoke, follow: AbortController | null,
   //        media: result loaded, liveSteps: routing from progress events}
   jobs: new Map(),
@@ -41,8 +39,6 @@ async function api(path, { method = "GET", body, headers, signal } = {}) {
     try { payload = await res.json(); } catch { /* not JSON */ }
     throw new ApiError(res.status, payload);
   }
-  const poll = Number(res.headers.get("openai-poll-after-ms"));
-  if (poll > 0) state.pollMs = Math.max(200, poll);
   return res;
 }
 
@@ -294,12 +290,11 @@ function removeCard(id) {
   $("#jobs-empty").hidden = state.jobs.size > 0;
 }
 
-// ---- following a running job: events, or polling where the server has no events route -------------
+// ---- following a running job through its events --------------------------------------------------
 function follow(entry) {
   entry.follow = new AbortController();
   const signal = entry.follow.signal;
-  const run = state.eventsRoute ? followEvents(entry, signal) : followPolling(entry, signal);
-  run.catch((err) => {
+  followEvents(entry, signal).catch((err) => {
     if (!signal.aborted) showCardError(entry, `lost track of the job: ${err.message}`);
   });
 }
@@ -313,49 +308,23 @@ function setLiveMode(mode) {
   $("#live-mode").textContent = `live: ${mode}`;
 }
 
-async function followPolling(entry, signal) {
-  setLiveMode("polling");
-  let failures = 0;
-  while (!signal.aborted) {
-    await sleep(state.pollMs * Math.min(2 ** failures, 8), signal);
-    let job;
-    try {
-      job = await apiJson(`/v1/videos/${entry.job.id}`, { signal });
-    } catch (err) {
-      if (signal.aborted) return;
-      if (err.status === 404) return removeCard(entry.job.id);  // deleted elsewhere or expired
-      failures += 1;  // the server restarting, the network: keep trying, slower
-      continue;
-    }
-    failures = 0;
-    upsertJob(job);
-    if (TERMINAL.has(job.status)) return;
-  }
-}
-
 // Server-Sent Events read with fetch(), because EventSource cannot send the Authorization header.
-// Reconnects with Last-Event-ID, so no event is missed; falls back to polling when the route
-// is missing (an older server) or the stream keeps failing.
+// A dropped connection (network, an API process restarting) reconnects with Last-Event-ID, so no
+// event is missed; the server ends the stream after the job's last event.
 async function followEvents(entry, signal) {
   const id = entry.job.id;
   let lastEventId = null;
   let failures = 0;
   while (!signal.aborted) {
-    let res;
+    let res = null;
     try {
       const headers = { Accept: "text/event-stream" };
       if (lastEventId) headers["Last-Event-ID"] = lastEventId;
       res = await fetch(`/v1/videos/${id}/events`, { headers: authHeaders(headers), signal });
     } catch (err) {
       if (signal.aborted) return;
-      res = null;
     }
-    if (res && (res.status === 404 || res.status === 405)) {
-      const body = await res.json().catch(() => null);
-      if (body && body.error && body.error.code === "video_not_found") return removeCard(id);
-      state.eventsRoute = false;  // the route does not exist on this server
-      return followPolling(entry, signal);
-    }
+    if (res && res.status === 404) return removeCard(id);  // deleted elsewhere or expired
     if (res && res.ok && res.body) {
       failures = 0;
       setLiveMode("server-sent events");
@@ -368,15 +337,10 @@ async function followEvents(entry, signal) {
       } catch (err) {
         if (signal.aborted) return;  // the connection dropped: reconnect from lastEventId
       }
-      if (ended) {
-        const job = await apiJson(`/v1/videos/${id}`);  // the final record: completed_at, routing
-        if (TERMINAL.has(job.status)) return upsertJob(job);
-        entry.job = job;  // the record disagrees with the stream: trust the record from now on
-        render(entry);
-        return followPolling(entry, signal);
-      }
-    } else if (++failures >= 3) {
-      return followPolling(entry, signal);
+      if (ended) return upsertJob(await apiJson(`/v1/videos/${id}`));  // the final record: completed_at, routing
+    } else {
+      failures += 1;
+      setLiveMode("reconnecting");
     }
     await sleep(1000 * Math.min(failures + 1, 5), signal);
   }

@@ -89,6 +89,7 @@ class Stack:
         self.artifacts = self.tmp / "artifacts"
         self.settings = settings
         self.api: Proc | None = None
+        self.other_apis: list[Proc] = []
         self.workers: list[Proc] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -115,11 +116,21 @@ class Stack:
             wait_until(self._healthy, 60, 0.1, f"api on {self.url} (log {self.api.log})")
         return self.api
 
-    def _healthy(self) -> bool:
-        if self.api and self.api.p.poll() is not None:
-            raise AssertionError(f"api exited: {self.api.log.read_text()[-3000:]}")
+    def start_another_api(self, **extra) -> str:
+        """One more API process on the same Redis, prefix and artifacts; returns its URL."""
+        port = free_port()
+        api = Proc(self._base("api") + ["--port", str(port)], self.tmp / f"api-{port}.log", self._env(extra))
+        self.other_apis.append(api)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self._healthy(api, url), 60, 0.1, f"api on {url} (log {api.log})")
+        return url
+
+    def _healthy(self, api: Proc | None = None, url: str | None = None) -> bool:
+        api, url = api or self.api, url or self.url
+        if api and api.p.poll() is not None:
+            raise AssertionError(f"api exited: {api.log.read_text()[-3000:]}")
         try:
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+            return httpx.get(url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -149,9 +160,10 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
-        if self.api:
-            self.api.stop()
-        for proc in [self.api, *self.workers]:  # shown by pytest only when a test failed
+        for api in [self.api, *self.other_apis]:
+            if api:
+                api.stop()
+        for proc in [self.api, *self.other_apis, *self.workers]:  # shown by pytest only when a test failed
             if proc:
                 print(f"---- {proc.log.name} (tail) ----")
                 print("\n".join(proc.log.read_text(errors="replace").splitlines()[-25:]))

@@ -1,18 +1,20 @@
 """The per-job event log behind Server-Sent Events, on a real Valkey: frames in order, nothing lost
-across a reconnect with Last-Event-ID, the stream ends after a terminal event, two readers (two API
-processes) both see every event, guarded publishes write nothing when the guard fails, and the
-queue position and keep-alives the stream adds on its own."""
+across a reconnect with Last-Event-ID, the stream ends after a terminal event and nothing is
+appended after one, two readers (two API processes) both see every event, guarded publishes write
+nothing when the guard fails, and what the stream adds on its own from the job's record: queue
+position changes, keep-alives, the end of a job whose log missed it, the end of a deleted job."""
 
 import asyncio
-import json
 import uuid
 
 import pytest
 import redis
 import redis.asyncio
 
-from server.events import EventType, JobEvents
+from server.events import EventType, JobEvents, JobView
 from server.guard import Guard
+
+from .sse import parse
 
 
 @pytest.fixture
@@ -23,20 +25,6 @@ def log():
 @pytest.fixture
 def r(valkey):
     return redis.Redis.from_url(valkey.connection_url, decode_responses=True)
-
-
-def parse(frame: str) -> dict:
-    """One SSE frame as the browser's EventSource reads it."""
-    out: dict = {"comment": []}
-    for line in frame.strip("\n").split("\n"):
-        name, _, value = line.partition(":")
-        if name == "":
-            out["comment"].append(value.strip())
-        else:
-            out[name] = value[1:] if value.startswith(" ") else value
-    if "data" in out:
-        out["data"] = json.loads(out["data"])
-    return out
 
 
 async def take(stream, n: int) -> list[dict]:
@@ -144,15 +132,16 @@ def test_a_guarded_publish_writes_only_when_the_guard_holds_inside_the_transacti
 def test_queue_position_changes_and_keep_alives_come_from_the_stream_itself(r, log, valkey):
     job = "video_d"
     log.publish(r, job, EventType.QUEUED, {"position": 3})
-    positions = iter([3, 3, 2, 2, 1, None, None, None, None])
+    views = iter([JobView("queued", 3), JobView("queued", 3), JobView("queued", 2), JobView("queued", 2),
+                  JobView("queued", 1)])
 
-    async def position():
-        return next(positions, None)
+    async def watch():
+        return next(views, JobView("in_progress"))
 
     async def scenario():
         client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
         frames = []
-        stream = log.sse_stream(client, job, queue_position=position, keepalive_s=0.3, block_ms=100)
+        stream = log.sse_stream(client, job, watch=watch, keepalive_s=0.3, block_ms=100)
         async for raw in stream:
             frames.append(parse(raw))
             if len([f for f in frames if f["comment"]]) == 2:
@@ -166,3 +155,46 @@ def test_queue_position_changes_and_keep_alives_come_from_the_stream_itself(r, l
         ("queued", 3), ("queued", 2), ("queued", 1), ("failed", None)]
     assert "id" in events[0] and "id" not in events[1] and "id" not in events[2]  # made-up frames keep Last-Event-ID
     assert sum(1 for f in frames if f["comment"] == ["keep-alive"]) == 2
+
+
+def test_nothing_is_appended_after_a_terminal_event(r, log, valkey):
+    """A repeated cancel or a retried settle must not add a second ending, nor anything after it."""
+    job = "video_e"
+    log.publish(r, job, EventType.PROGRESS, progress(1))
+    log.publish(r, job, EventType.FAILED, {"code": "cancelled", "message": "The job was cancelled."})
+    log.publish(r, job, EventType.FAILED, {"code": "cancelled", "message": "The job was cancelled."})
+    log.publish(r, job, EventType.COMPLETED, {"progress": 100})
+    log.publish(r, job, EventType.PROGRESS, progress(2))
+    entries = r.xrange(f"{log.prefix}:events:{job}")
+    assert [fields["type"] for _, fields in entries] == ["progress", "failed"]
+
+
+def test_a_record_that_ended_without_its_event_ends_the_stream_and_a_deleted_one_closes_it(r, log, valkey):
+    """The log expired or its writer died between the job's end and its event: the stream sends
+    the record's ending (without an id); a job deleted meanwhile closes the stream."""
+    log.publish(r, "video_f", EventType.PROGRESS, progress(1))
+    error = {"code": "max_attempts_exceeded", "message": "gave up"}
+    views = {"video_f": iter([JobView("in_progress"), JobView("failed", error=error)]),
+             "video_g": iter([JobView("queued", 1), None]),
+             "video_h": iter([JobView("completed")])}
+
+    async def frames(job):
+        client = redis.asyncio.Redis.from_url(valkey.connection_url, decode_responses=True)
+
+        async def watch():
+            if job == "video_h":  # the settle lands between the stream's read and its look at the record
+                log.publish(r, job, EventType.COMPLETED, {"progress": 100})
+            return next(views[job])
+
+        try:
+            return [parse(f) async for f in log.sse_stream(client, job, watch=watch, block_ms=100)]
+        finally:
+            await client.aclose()
+
+    ended = [f for f in asyncio.run(asyncio.wait_for(frames("video_f"), 20)) if "event" in f]
+    assert [(f["event"], f["data"]) for f in ended] == [("progress", progress(1)), ("failed", error)]
+    assert "id" in ended[0] and "id" not in ended[1]
+    gone = [f for f in asyncio.run(asyncio.wait_for(frames("video_g"), 20)) if "event" in f]
+    assert [(f["event"], f["data"]) for f in gone] == [("queued", {"position": 1})]
+    raced = [f for f in asyncio.run(asyncio.wait_for(frames("video_h"), 20)) if "event" in f]
+    assert [f["event"] for f in raced] == ["completed"] and "id" in raced[0]  # the logged event, not a made-up one

@@ -74,7 +74,8 @@ def test_a_completed_job_is_the_same_video_object_as_before():
         "expires_at": 1700086409, "model": "paris-mini", "status": "completed", "progress": 100,
         "prompt": "a red circle moving left", "seconds": "1", "size": "32x32", "error": None,
         "remixed_from_video_id": None, "seed": 42, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "step": 4,
-        "queue_position": None, "attempts": 2, "image_to_video": False, "routing": ROUTING, "residency": RESIDENCY}
+        "queue_position": None, "attempts": 2, "image_to_video": False, "routing": ROUTING, "residency": RESIDENCY,
+        "webhooks": None}
     video = Video.from_job(Job.from_hash(OLD_COMPLETED_HASH))
     assert video.model_dump(mode="json") == expected
     assert list(video.model_dump(mode="json")) == list(expected)  # field order too
