@@ -98,13 +98,12 @@ def test_the_api_refuses_routing_a_routerless_model_with_a_400(open_sora_dir):
     from server.errors import APIError
     from server.intake import resolve_create
     from server.schemas import CreateVideo
-    from server.settings import Settings
 
-    manifest, settings = read_manifest(open_sora_dir), Settings(model=str(open_sora_dir))
+    manifest = read_manifest(open_sora_dir)
     with pytest.raises(APIError) as caught:
-        resolve_create(CreateVideo(prompt="a cat", routing="top_k"), None, manifest, settings)
+        resolve_create(CreateVideo(prompt="a cat", routing="top_k"), None, manifest)
     assert caught.value.status == 400 and caught.value.param == "routing"
-    assert resolve_create(CreateVideo(prompt="a cat"), None, manifest, settings).routing is RoutingMode.FIXED
+    assert resolve_create(CreateVideo(prompt="a cat"), None, manifest).routing is RoutingMode.FIXED
 
 
 def test_the_planner_plans_a_model_without_a_router(open_sora_dir):
