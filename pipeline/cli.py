@@ -29,7 +29,8 @@ def register(sub, default_model: Path) -> None:
     gen.add_argument("--fps", type=int)
     gen.add_argument("--negative-prompt")
     gen.add_argument("--top-k", type=int)
-    gen.add_argument("--routing", choices=[m.value for m in RoutingMode], default=RoutingMode.TOP_K.value)
+    gen.add_argument("--routing", choices=[m.value for m in RoutingMode],
+                     help="default: top_k (fixed for a model without a router)")
     gen.add_argument("--expert", type=int, help="with --routing fixed")
     gen.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
     gen.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
@@ -48,6 +49,7 @@ def run_generate(args) -> int:
     from .generate import GenerationFailed, generate
     from .loader import load_model, quiet_library_logging
     from .request import GenerationRequest
+    from .vae_platform import UnsupportedPlatform, check_vae_platform
     from .video import write_mp4, write_spritesheet, write_thumbnail
 
     try:
@@ -65,6 +67,7 @@ def run_generate(args) -> int:
     quiet_library_logging()
     try:
         model = load_model(args.model, args.device)
+        check_vae_platform(model.device, model.manifest.components.vae.dtype)
         with tqdm(desc="denoising", unit="step") as bar:
             def on_progress(step, total):
                 bar.total = total
@@ -73,7 +76,7 @@ def run_generate(args) -> int:
     except InvalidRequest as exc:
         print(f"error: {exc.param}: {exc.message}", file=sys.stderr)
         return 2
-    except (ModelFolderError, GenerationFailed) as exc:
+    except (ModelFolderError, UnsupportedPlatform, GenerationFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)

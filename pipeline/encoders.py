@@ -68,7 +68,9 @@ def vae_decode(vae, latents: torch.Tensor) -> np.ndarray:
 
 def configure_vae_decoding(vae) -> None:
     """Decode short clips whole, as Open-Sora does (diffusers defaults to frame-wise tiles, which
-    changes the output); tile spatially only above 256 px, where memory needs it."""
+    changes the output); tile spatially only above 256 px, where memory needs it; and one video
+    of a batch at a time (slicing), so a batch peaks at one video's activations."""
     vae.use_framewise_decoding = False
     vae.use_framewise_encoding = False
     vae.enable_tiling()
+    vae.enable_slicing()

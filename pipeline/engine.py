@@ -8,11 +8,19 @@ Every tick advances each active request by one denoising step:
   4. each planned expert runs one forward over all rows routed to it (guidance branches and
      requests at different timesteps share that forward);
   5. per request: guidance combination per expert, weighted sum over experts, Euler step;
-  6. finished requests are decoded together and handed back.
+  6. finished requests are decoded, as many at once as the memory plan allows, and handed back.
 Requests join and leave between ticks. Every request the engine takes leaves it with a
-`Finished` or a `Failed` event (or by `cancel`); a failure fails the requests it touched.
+`Finished` or a `Failed` event (or by `cancel`); a failure fails the requests it touched, with
+a code naming the stage (`encode_failed`, `denoise_failed`, `decode_failed`), or
+`out_of_memory` when the device ran out, after which the engine frees what it can.
+
+Memory (`MemoryLimits`, from the worker's plan: pipeline/planner): an expert forward runs at
+most `rows_per_forward` rows (a larger group is split; each row's output is the same), at most
+`decodes_at_once` videos decode together, the text embedding cache holds at most `cache_bytes`,
+and the components the plan keeps on the host leave the device after encoding.
 """
 
+import gc
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
@@ -36,6 +44,29 @@ from .step_cache import CacheRow, StepCache, cached_forward
 
 # Used every tick or two beside the experts (routing, decoding): planned in first, evicted last.
 ALWAYS_NEEDED = frozenset({"router", "vae"})
+OUT_OF_MEMORY = "out_of_memory"
+CACHE_ENTRIES = 256  # texts the embedding cache keeps unless a memory plan says fewer
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    """What the memory plan lets one tick hold at once; None: no limit."""
+
+    rows_per_forward: int | None = None
+    decodes_at_once: int | None = None
+    cache_entries: int = CACHE_ENTRIES
+    cache_bytes: int | None = None
+    on_demand: frozenset[str] = frozenset()  # encoders that leave the device once their phase is done
+
+
+def failure_code(exc: BaseException, stage_code: str) -> str:
+    return OUT_OF_MEMORY if isinstance(exc, torch.OutOfMemoryError) else stage_code
+
+
+def _chunks(items: list, size: int | None) -> list[list]:
+    if size is None:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass
@@ -48,11 +79,17 @@ class EngineStats:
 
 
 class EmbeddingCache:
-    """Text embeddings of recent prompts (repeated prompts skip T5 and CLIP)."""
+    """Text embeddings of recent prompts (repeated prompts skip T5 and CLIP), the least recently
+    used leaving first beyond `size` entries or `max_bytes`."""
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = CACHE_ENTRIES, max_bytes: int | None = None):
         self.size = size
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._items: OrderedDict[str, TextEmbedding] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, text: str) -> TextEmbedding | None:
         if text in self._items:
@@ -60,20 +97,34 @@ class EmbeddingCache:
         return self._items.get(text)
 
     def put(self, text: str, value: TextEmbedding) -> None:
+        self._drop(text)
         self._items[text] = value
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self.nbytes += _embedding_bytes(value)
+        while len(self._items) > self.size or (self.max_bytes is not None and self.nbytes > self.max_bytes):
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, text: str) -> None:
+        if text in self._items:
+            self.nbytes -= _embedding_bytes(self._items.pop(text))
+
+
+def _embedding_bytes(e: TextEmbedding) -> int:
+    return e.tokens.untyped_storage().nbytes() + e.pooled.untyped_storage().nbytes()
 
 
 class Engine:
-    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24):
+    def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24, limits: MemoryLimits = MemoryLimits(),
+                 stream_batch: int = 1):
         self.model = model
         self.max_batch = max_batch
-        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED)
+        self.limits = limits
+        self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED & model.components.keys(),
+                                         stream_batch=stream_batch)
         self.pending: list[tuple[str, ResolvedRequest]] = []
         self.active: dict[str, RequestState] = {}
-        self.cache = EmbeddingCache()
+        self.cache = EmbeddingCache(limits.cache_entries, limits.cache_bytes)
         self.stats = EngineStats()
+        self._out_of_memory = False  # set by a failure; memory is released at the end of the tick
 
     # -- admission -------------------------------------------------------------------------
     @property
@@ -90,6 +141,11 @@ class Engine:
             raise RuntimeError("engine is full")
         self.pending.append((job_id, request))
 
+    @property
+    def job_ids(self) -> set[str]:
+        """Every request the engine holds (pending or active)."""
+        return {job_id for job_id, _ in self.pending} | self.active.keys()
+
     def cancel(self, job_id: str) -> bool:
         before = len(self.pending) + len(self.active)
         self.pending = [(j, r) for j, r in self.pending if j != job_id]
@@ -102,13 +158,21 @@ class Engine:
         events: list[Event] = []
         with torch.inference_mode():
             if self.pending:
-                self._start_pending(events)
+                pending, self.pending = self.pending, []
+                try:
+                    self._start_pending(pending, events)
+                except Exception as exc:  # not pinned on fewer requests inside: those not started fail
+                    failed = {e.job_id for e in events if isinstance(e, Failed)}
+                    events += [self._failed(j, f"could not start the generation: {exc}", exc, "encode_failed")
+                               for j, _ in pending if j not in self.active and j not in failed]
             if self.active:
                 try:
                     self._denoise_step(events)
                 except Exception as exc:  # not pinned on fewer requests below: the step fails for all
-                    self._fail(list(self.active), f"denoising failed: {exc}", "denoise_failed", events)
+                    self._fail(list(self.active), f"denoising failed: {exc}", failure_code(exc, "denoise_failed"), events)
             self._finish_done(events)
+        if self._out_of_memory:  # after the failed tensors' frames are gone
+            self._release_memory()
         self.stats.ticks += 1
         self.stats.tick_seconds += time.perf_counter() - start
         return events
@@ -118,6 +182,21 @@ class Engine:
         for job_id in job_ids:
             del self.active[job_id]
             events.append(Failed(job_id, message, code))
+        self._out_of_memory |= code == OUT_OF_MEMORY
+
+    def _failed(self, job_id: str, message: str, exc: BaseException, stage_code: str) -> Failed:
+        """The Failed event of a request that was not active yet."""
+        code = failure_code(exc, stage_code)
+        self._out_of_memory |= code == OUT_OF_MEMORY
+        return Failed(job_id, message, code)
+
+    def _release_memory(self) -> None:
+        """After an out-of-memory failure: drop what the failed requests held, and give the
+        allocator's cached blocks back to the device."""
+        self._out_of_memory = False
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -126,20 +205,22 @@ class Engine:
         return out
 
     # -- new requests ----------------------------------------------------------------------
-    def _start_pending(self, events: list[Event]) -> None:
+    def _start_pending(self, pending: list[tuple[str, ResolvedRequest]], events: list[Event]) -> None:
         """Encode the new requests and make them active; one whose encoding fails leaves with
-        Failed("encode_failed"), the others start."""
-        pending, self.pending = self.pending, []
+        Failed("encode_failed"), the others start. Encoders the plan keeps on the host leave
+        the device afterwards."""
         texts = self._encode_texts(pending, events)
         started = [(j, r) for j, r in pending if j in texts]
         images = self._encode_images([(j, r) for j, r in started if r.image is not None], events)
+        for name in self.limits.on_demand & self.model.components.keys():
+            self.model.residency.evict(name)
         for job_id, req in started:
             if req.image is not None and job_id not in images:
                 continue
             try:
                 self.active[job_id] = self._new_state(job_id, req, *texts[job_id], images.get(job_id))
             except Exception as exc:
-                events.append(Failed(job_id, f"could not start the generation: {exc}"))
+                events.append(self._failed(job_id, f"could not start the generation: {exc}", exc, "generation_failed"))
 
     def _prompt_text(self, req: ResolvedRequest) -> str:
         """The text T5 and CLIP read: the model's prompt template applied (here only)."""
@@ -148,24 +229,42 @@ class Engine:
     def _encode_texts(self, pending: list[tuple[str, ResolvedRequest]],
                       events: list[Event]) -> dict[str, tuple[TextEmbedding, TextEmbedding]]:
         """Per job, the (prompt, negative prompt) embeddings. The texts not in the cache are
-        encoded in one T5 and one CLIP batch; if that fails, the jobs that needed them fail."""
+        encoded in one T5 and one CLIP batch; if that fails, each is encoded alone, so a text the
+        encoders cannot take (a lone surrogate, say) fails only the jobs that carry it."""
         wanted = {job_id: (self._prompt_text(r), r.negative_prompt) for job_id, r in pending}
         texts = {t for pair in wanted.values() for t in pair}
         found = {t: e for t in texts if (e := self.cache.get(t)) is not None}
         missing = sorted(texts - found.keys())
-        if missing:
-            m, comps = self.model, self.model.components
-            try:
-                t5 = self._timed(encode_t5, m.get("t5"), m.t5_tokenizer, missing, comps["t5"].max_length or 512)
-                clip = self._timed(encode_clip, m.get("clip"), m.clip_tokenizer, missing, comps["clip"].max_length or 77)
-            except Exception as exc:
-                events += [Failed(j, f"could not encode the prompt: {exc}", "encode_failed")
-                           for j, pair in wanted.items() if not found.keys() >= set(pair)]
+        errors: dict[str, Exception] = {}
+        try:
+            found.update(self._encode_batch(missing))
+        except Exception as exc:
+            if len(missing) == 1:
+                errors[missing[0]] = exc
             else:
-                for i, text in enumerate(missing):
-                    found[text] = TextEmbedding(t5[i : i + 1].to(m.device), clip[i : i + 1].to(m.device))
-                    self.cache.put(text, found[text])
+                for text in missing:
+                    try:
+                        found.update(self._encode_batch([text]))
+                    except Exception as alone:
+                        errors[text] = alone
+        for job_id, pair in wanted.items():
+            bad = [errors[t] for t in pair if t in errors]
+            if bad:
+                events.append(self._failed(job_id, f"could not encode the prompt: {bad[0]}", bad[0], "encode_failed"))
         return {j: (found[p], found[n]) for j, (p, n) in wanted.items() if p in found and n in found}
+
+    def _encode_batch(self, texts: list[str]) -> dict[str, TextEmbedding]:
+        """T5 and CLIP embeddings of `texts` in one batch each, put in the cache."""
+        if not texts:
+            return {}
+        m, comps = self.model, self.model.components
+        t5 = self._timed(encode_t5, m.get("t5"), m.t5_tokenizer, texts, comps["t5"].max_length or 512)
+        clip = self._timed(encode_clip, m.get("clip"), m.clip_tokenizer, texts, comps["clip"].max_length or 77)
+        out = {}
+        for i, text in enumerate(texts):  # each its own tensors: a cached row keeps no batch alive
+            out[text] = TextEmbedding(t5[i : i + 1].clone().to(m.device), clip[i : i + 1].clone().to(m.device))
+            self.cache.put(text, out[text])
+        return out
 
     def _encode_images(self, items: list[tuple[str, ResolvedRequest]],
                        events: list[Event]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -180,7 +279,8 @@ class Engine:
                 if "dinov2" in self.model.components:
                     features = self._timed(encode_dinov2, self.model.get("dinov2"), self.model.image_processor, frames)
             except Exception as exc:
-                events += [Failed(j, f"could not encode the first frame: {exc}", "encode_failed") for j, _ in group]
+                events += [self._failed(j, f"could not encode the first frame: {exc}", exc, "encode_failed")
+                           for j, _ in group]
                 continue
             for i, (job_id, _) in enumerate(group):
                 out[job_id] = (latents[i : i + 1], None if features is None else features[i : i + 1])
@@ -244,8 +344,8 @@ class Engine:
             s.latents = sampling.euler_step(s.latents, velocity, s.t, s.t_next)
             s.step_cache.end_step(s.step)
             s.step += 1
+            events.append(Progress(s.job_id, s.step, s.total, s.choice.experts, s.choice.weights))
             s.choice = None
-            events.append(Progress(s.job_id, s.step, s.total))
 
     def _route(self, states: list[RequestState], events: list[Event]) -> None:
         """Choose this step's experts for every request that has no choice yet; if the router
@@ -257,7 +357,7 @@ class Engine:
             if routed:
                 logits = self._router_logits(routed)
         except Exception as exc:
-            self._fail([s.job_id for s in routed], f"routing failed: {exc}", "denoise_failed", events)
+            self._fail([s.job_id for s in routed], f"routing failed: {exc}", failure_code(exc, "denoise_failed"), events)
             states = [s for s in states if not s.policy.needs_router]
         for s in states:
             s.choice = s.policy.choose(s.step, logits.get(s.job_id))
@@ -313,12 +413,13 @@ class Engine:
                 if key in plan.prefetch:
                     self.model.residency.prefetch(plan.prefetch[key], protect=demand)
                 for group in _group_by(rows, lambda r: (r[0].img_ids.shape[1], r[0].prompt.tokens.shape[1])):
-                    out = self._timed(self._expert_forward, expert, key, group)
-                    for i, (s, b) in enumerate(group):
-                        outputs[s.job_id, key, b] = out[i : i + 1]
+                    for chunk in _chunks(group, self.limits.rows_per_forward):
+                        out = self._timed(self._expert_forward, expert, key, chunk)
+                        for i, (s, b) in enumerate(chunk):
+                            outputs[s.job_id, key, b] = out[i : i + 1]
             except Exception as exc:
                 failed = {s.job_id for s, _ in rows}
-                self._fail(failed, f"{key} failed: {exc}", "denoise_failed", events)
+                self._fail(failed, f"{key} failed: {exc}", failure_code(exc, "denoise_failed"), events)
                 states = [s for s in states if s.job_id not in failed]
             demand.discard(key)
         return outputs
@@ -355,8 +456,10 @@ class Engine:
 
     # -- finished requests -----------------------------------------------------------------
     def _finish_done(self, events: list[Event]) -> None:
+        """Decode finished requests, same-shape ones together up to the plan's count."""
         done = [s for s in self.active.values() if s.done]
-        for group in _group_by(done, lambda s: tuple(s.latents.shape)):
+        shapes = _group_by(done, lambda s: tuple(s.latents.shape))
+        for group in [chunk for same in shapes for chunk in _chunks(same, self.limits.decodes_at_once)]:
             latents = []
             for s in group:
                 x = s.latents.clone()
@@ -366,7 +469,7 @@ class Engine:
             try:
                 videos = self._timed(vae_decode, self.model.get("vae"), torch.cat(latents))
             except Exception as exc:
-                self._fail([s.job_id for s in group], f"decoding failed: {exc}", "decode_failed", events)
+                self._fail([s.job_id for s in group], f"decoding failed: {exc}", failure_code(exc, "decode_failed"), events)
                 continue
             stats = self.model.residency.stats
             for i, s in enumerate(group):

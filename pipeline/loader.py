@@ -73,7 +73,9 @@ def load_library(component: Component, folder: Path, device: torch.device):
     cls = LIBRARY_CLASSES[component.cls]
     dtype = TORCH_DTYPES[component.dtype]
     if cls is AutoencoderKLHunyuanVideo:
-        module = cls.from_pretrained(folder, torch_dtype=dtype)
+        # Strictly from the folder's safetensors, whatever the file is called: diffusers' own
+        # loader looks for its default name only, and Open-Sora ships `hunyuan_vae.safetensors`.
+        module = load_strict(library_skeleton(component, folder), folder, dtype)
         configure_vae_decoding(module)
     else:
         module, info = cls.from_pretrained(folder, dtype=dtype, output_loading_info=True)
@@ -160,8 +162,9 @@ class DDMModel:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", budget_bytes: int | None = None,
-               host_budget_bytes: int | None = None) -> DDMModel:
-    """`budget_bytes`: device memory for weights (None: no limit); `host_budget_bytes`: pinned
-    host copies kept for evicted components (CUDA)."""
+               host_budget_bytes: int | None = None, streamed: dict[str, int] | None = None) -> DDMModel:
+    """`budget_bytes`: device memory for weights placed whole (None: no limit);
+    `host_budget_bytes`: host copies (None: a share of the RAM); `streamed`: components run
+    block by block from their host copy, name -> window blocks (the residency plan's choice)."""
     folder, device = Path(folder), torch.device(device)
-    return DDMModel(folder, read_manifest(folder), device, Residency(device, budget_bytes, host_budget_bytes))
+    return DDMModel(folder, read_manifest(folder), device, Residency(device, budget_bytes, host_budget_bytes, streamed))

@@ -5,7 +5,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ModelFolderError
 from .speed import Speed
@@ -45,13 +45,21 @@ class Components(BaseModel):
     clip: Component
     dinov2: Component | None = None
     vae: Component
-    router: Component
+    router: Component | None = None  # None: a one-expert model (Open-Sora 2.0); every request uses it
     experts: list[Component] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _routerless_models_have_one_expert(self):
+        if self.router is None and len(self.experts) != 1:
+            raise ValueError(f"a model without a router has one expert, this one names {len(self.experts)}")
+        return self
+
     def named(self) -> dict[str, Component]:
-        """Every component under its registry name: t5, clip, dinov2 (if any), vae, router,
-        expert_0, expert_1, ..."""
-        named = {"t5": self.t5, "clip": self.clip, "vae": self.vae, "router": self.router}
+        """Every component under its registry name: t5, clip, dinov2 (if any), vae, router (if
+        any), expert_0, expert_1, ..."""
+        named = {"t5": self.t5, "clip": self.clip, "vae": self.vae}
+        if self.router is not None:
+            named["router"] = self.router
         if self.dinov2 is not None:
             named["dinov2"] = self.dinov2
         named.update({expert_key(i): e for i, e in enumerate(self.experts)})

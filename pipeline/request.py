@@ -42,7 +42,7 @@ class GenerationRequest:
     guidance_oscillation: bool | None = None
     seed: int | None = None
     top_k: int | None = None
-    routing: RoutingMode | str = RoutingMode.TOP_K
+    routing: RoutingMode | str | None = None  # None: the model's default (top_k; fixed without a router)
     expert: int | None = None
     expert_schedule: list[int] | None = None
     speed: Speed | str | None = None
@@ -110,6 +110,23 @@ def _check(ok: bool, param: str, message: str) -> None:
         raise InvalidRequest(param, message)
 
 
+# Routing modes that read the router's logits.
+ROUTED = (RoutingMode.TOP_K, RoutingMode.ENSEMBLE)
+
+
+def _routing_mode(manifest: Manifest, requested: RoutingMode | str | None) -> RoutingMode:
+    """The request's routing mode, or the model's default: top-k, or fixed (on the one expert)
+    for a model without a router, which cannot serve the modes that read the router."""
+    has_router = manifest.components.router is not None
+    if requested is None:
+        return RoutingMode.TOP_K if has_router else RoutingMode.FIXED
+    modes = [m.value for m in RoutingMode]
+    _check(requested in modes, "routing", f"routing must be one of {', '.join(modes)}")
+    _check(has_router or requested not in ROUTED, "routing",
+           f"model {manifest.name} has no router: routing must be {RoutingMode.FIXED} or {RoutingMode.SCHEDULE}")
+    return RoutingMode(requested)
+
+
 def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
     d, limits = manifest.sampling, manifest.limits
     num_experts = len(manifest.components.experts)
@@ -154,10 +171,10 @@ def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
 
     top_k = d.top_k if request.top_k is None else request.top_k
     _check(isinstance(top_k, int) and 1 <= top_k <= num_experts, "top_k", f"top_k must be between 1 and {num_experts}")
-    modes = [m.value for m in RoutingMode]
-    _check(request.routing in modes, "routing", f"routing must be one of {', '.join(modes)}")
-    routing = RoutingMode(request.routing)
+    routing = _routing_mode(manifest, request.routing)
     expert, schedule = request.expert, request.expert_schedule
+    if request.routing is None and routing is RoutingMode.FIXED:
+        expert = 0  # the default of a model without a router: its one expert
     if routing is RoutingMode.FIXED:
         _check(isinstance(expert, int) and 0 <= expert < num_experts, "expert", f"expert must be between 0 and {num_experts - 1}")
     if routing is RoutingMode.SCHEDULE:

@@ -76,8 +76,10 @@ class GenerationResult:
 @dataclass
 class Progress:
     job_id: str
-    step: int
+    step: int                    # steps done (1-based): trace step `step - 1` just ran
     total: int
+    experts: tuple[int, ...]     # that step's chosen experts and their routing weights
+    weights: tuple[float, ...]
 
 
 @dataclass

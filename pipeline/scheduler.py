@@ -16,13 +16,21 @@ Algorithm, per tick:
      keep their choice and wait. If none would advance, no request's experts fit in the budget
      together (say top-2 routing and a budget of one expert): the request that has waited
      longest runs with whichever others need no more than it, its experts loaded one by one.
-  4. The served experts run resident ones first, so one that must be loaded never evicts one
-     still needed this tick. While an expert computes, the next one is prefetched; while the
-     last computes, a waiting request's expert is (CUDA only: see residency.prefetch).
+  4. Streamed experts (the residency streams them block by block from host memory: each pass
+     copies the whole expert, however few rows it serves) gather rows: one that would run for
+     fewer than `stream_batch` requests waits, its requests keeping their choice while the
+     others advance and route again, so its next pass serves more. Not when one of its requests
+     has waited `max_wait` ticks, nor when nothing else would run.
+  5. The served experts run resident ones first, so one that must be loaded never evicts one
+     still needed this tick, and streamed ones last. While an expert placed whole computes, the
+     next expert to place is prefetched; while the last computes, a waiting request's expert is
+     (CUDA only: see residency.prefetch), unless streamed experts run this tick: their blocks
+     share the copy stream and would queue behind it. Nothing is prefetched while a streamed
+     expert runs, and a streamed expert has nothing to prefetch.
 
 Fairness bound: a request that has waited `max_wait` ticks in a row is served first at the next
-tick (most-waited first), and at most `max_batch` requests are active, so no request waits more
-than `max_wait + max_batch - 1` consecutive ticks.
+tick (most-waited first) and never held back to gather a streamed pass, and at most `max_batch`
+requests are active, so no request waits more than `max_wait + max_batch - 1` consecutive ticks.
 """
 
 from collections import Counter
@@ -44,34 +52,50 @@ class ResidencyView(Protocol):
 
     def is_resident(self, name: str) -> bool: ...
 
+    def is_streamed(self, name: str) -> bool: ...
+
     def fits(self, names: set[str]) -> bool: ...
 
 
 @dataclass(frozen=True)
 class TickPlan:
-    """One tick, decided. (What to stream layer by layer, for an expert larger than the budget,
-    would be one more field here.)"""
+    """One tick, decided."""
 
     advance: tuple[str, ...]  # ids of the requests that take a step, in the order given
-    expert_order: tuple[str, ...]  # expert keys to run, resident ones first
+    expert_order: tuple[str, ...]  # expert keys to run: resident ones, ones to place, streamed ones
     prefetch: dict[str, str] = field(default_factory=dict)  # expert key -> the key to bring in while it computes
     demand: frozenset[str] = frozenset()  # every component this tick uses: evicted last
+    streamed: frozenset[str] = frozenset()  # the experts of expert_order that run streamed
 
 
 class ExpertScheduler:
-    def __init__(self, max_wait: int, always_needed: frozenset[str] = frozenset()):
+    def __init__(self, max_wait: int, always_needed: frozenset[str] = frozenset(), stream_batch: int = 1):
         self.max_wait = max_wait
         self.always_needed = always_needed  # components used beside the experts, planned in first
+        self.stream_batch = stream_batch  # requests a streamed pass gathers before it runs (1: no gathering)
 
     def schedule(self, requests: Sequence[RequestNeeds], residency: ResidencyView) -> TickPlan:
-        advancing = self._select(requests, residency)
+        advancing = self._gather_streamed(self._select(requests, residency), residency)
         advance = tuple(r.request_id for r in advancing)
         wanted = sorted(set().union(*(r.experts for r in advancing)))
-        order = sorted(wanted, key=lambda e: not residency.is_resident(e))
+        order = sorted(wanted, key=lambda e: (residency.is_streamed(e), not residency.is_resident(e)))
         waiting = sorted(set().union(*(r.experts for r in requests if r.request_id not in advance)) - set(wanted))
-        later = order[1:] + waiting  # only the first waiting expert is reached: one prefetch per expert
-        return TickPlan(advance=advance, expert_order=tuple(order),
-                        prefetch=dict(zip(order, later)), demand=frozenset(wanted) | self.always_needed)
+        streamed = frozenset(e for e in wanted if residency.is_streamed(e))
+        placed = [e for e in order if e not in streamed]
+        # with streamed experts to run, a waiting expert's copy would hold up their blocks behind it
+        later = placed[1:] + ([] if streamed else [e for e in waiting if not residency.is_streamed(e)])
+        return TickPlan(advance=advance, expert_order=tuple(order), prefetch=dict(zip(placed, later)),
+                        demand=frozenset(wanted) | self.always_needed, streamed=streamed)
+
+    def _gather_streamed(self, advancing: list[RequestNeeds], residency: ResidencyView) -> list[RequestNeeds]:
+        """Step 4 of the algorithm: hold back the requests of streamed experts with fewer than
+        `stream_batch` requests, unless one has waited `max_wait` or none would advance then."""
+        if self.stream_batch <= 1:
+            return advancing
+        count = Counter(e for r in advancing for e in r.experts if residency.is_streamed(e))
+        urgent = {e for r in advancing if r.waited >= self.max_wait for e in r.experts}
+        thin = {e for e, n in count.items() if n < self.stream_batch} - urgent
+        return [r for r in advancing if not r.experts & thin] or advancing
 
     def _select(self, requests: Sequence[RequestNeeds], residency: ResidencyView) -> list[RequestNeeds]:
         """The requests that advance this tick (steps 1 to 3 of the algorithm)."""

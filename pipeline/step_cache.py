@@ -23,11 +23,11 @@ different steps can only reuse all rows or none; they also need the block classe
 in their block registries.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from .models.expert import MMDiT
+from .models.expert import Hidden, MMDiT
 from .sampling import Branch
 from .speed import CachePolicy
 
@@ -86,25 +86,34 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
 
 def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[torch.Tensor, list[int]]:
     """The expert's output for every row (`inputs` are MMDiT.forward's arguments), and the
-    number of blocks each row ran."""
-    h = expert.embed(*inputs)
-    signal = expert.modulated_input(h)
-    reuse = _decide(signal, rows)
-    compute = [i for i, entry in enumerate(reuse) if entry is None]
-    img = h.img.clone()
-    if compute:
-        index = torch.tensor(compute, device=img.device)
-        out = expert.run_blocks(h.rows(index)).img
-        img[index] = out
-        for j, i in enumerate(compute):  # entries keep copies: a view would hold the whole batch's tensor
-            r = rows[i]
-            r.cache.store(r.key, r.branch, r.step, signal[i].clone(), out[j] - h.img[i])
-    for i, entry in enumerate(reuse):
-        if entry is not None:
-            img[i] += entry.residual
-            entry.signal, entry.step, entry.reused = signal[i].clone(), rows[i].step, entry.reused + 1
-    blocks = [0 if entry is not None else expert.num_blocks for entry in reuse]
-    return expert.final(replace(h, img=img)), blocks
+    number of blocks each row ran. It is one call of the expert, so a streamed expert's hooks
+    bring its stem and its blocks as in a plain forward (the blocks only if some row computes)."""
+    blocks: list[int] = []
+
+    def run(h: Hidden) -> Hidden:
+        """Updates `h` (this forward's own) in place, as MMDiT.run_blocks does."""
+        signal = expert.modulated_input(h)
+        reuse = _decide(signal, rows)
+        # entries keep copies of their rows (a view would hold the whole batch's tensor); the
+        # batch's signal goes before the blocks run
+        signals = [signal[i].clone() for i in range(len(rows))]
+        del signal
+        compute = [i for i, entry in enumerate(reuse) if entry is None]
+        if compute:
+            index = torch.tensor(compute, device=h.img.device)
+            out = expert.run_blocks(h.rows(index)).img
+            for j, i in enumerate(compute):
+                r = rows[i]
+                r.cache.store(r.key, r.branch, r.step, signals[i], out[j] - h.img[i])
+            h.img[index] = out
+        for i, entry in enumerate(reuse):
+            if entry is not None:
+                h.img[i] += entry.residual
+                entry.signal, entry.step, entry.reused = signals[i], rows[i].step, entry.reused + 1
+        blocks.extend(0 if entry is not None else expert.num_blocks for entry in reuse)
+        return h
+
+    return expert(*inputs, blocks=run), blocks
 
 
 def _decide(signal: torch.Tensor, rows: list[CacheRow]) -> list[_Entry | None]:

@@ -8,34 +8,41 @@ import json
 import logging
 import time
 
+import redis.asyncio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry
 
 from pipeline.manifest import read_manifest
 
-from .artifacts import ArtifactStore
+from .artifacts import open_artifacts
 from .auth import KeyRing
 from .dependencies import Services
+from .embedded import EmbeddedValkey
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .owned_videos import sweep_expired
-from .routers import health, models, unsupported, videos
+from .routers import events, health, models, playground, unsupported, videos
 from .settings import Settings
 from .store import JobStore
+from .uploads import ImageLimits, ImageSlots
+from .webhook_service import WebhookService
 
 log = logging.getLogger("paris.api")
 
 
-def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
+def create_app(settings: Settings, redis_url: str | None = None, valkey: EmbeddedValkey | None = None) -> FastAPI:
     url = redis_url or settings.redis_url
     if not url:
         raise ValueError("create_app needs a Redis URL (the CLI starts an embedded Valkey when none is given)")
     manifest = read_manifest(settings.model)
     store = JobStore.from_url(url, settings.key_prefix)
-    artifacts = ArtifactStore(settings.resolved_artifact_dir())
+    artifacts = open_artifacts(settings)
     registry = CollectorRegistry()
     registry.register(RedisCollector(store, settings.heartbeat_ttl_s))
+    webhooks = WebhookService(settings)
+    webhooks.check_server_urls()
+    event_reader = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=10)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,18 +57,29 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
                 await asyncio.sleep(min(60.0, max(1.0, settings.job_ttl_s / 10)))
 
         task = asyncio.create_task(sweeper())
+        stop_deliverer = webhooks.start_deliverer(store.redis, settings.key_prefix)
         try:
             yield
         finally:
             task.cancel()
+            if stop_deliverer:
+                stop_deliverer.set()
+            await event_reader.aclose()
 
-    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan)
+    # redirect_slashes off: its redirects are absolute URLs built from the client's Host header
+    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    limits = ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
+                         max_side=settings.max_image_side, max_aspect_ratio=settings.max_image_aspect_ratio)
     app.state.services = Services(settings=settings, manifest=manifest, store=store, artifacts=artifacts,
-                                  keys=KeyRing(settings.api_keys, settings.api_key_hashes), registry=registry,
-                                  started_at=int(time.time()))
+                                  keys=KeyRing(settings.plain_api_keys(), settings.api_key_hashes), registry=registry,
+                                  started_at=int(time.time()), image_limits=limits,
+                                  image_slots=ImageSlots(settings.image_decode_concurrency), valkey=valkey,
+                                  webhooks=webhooks, event_reader=event_reader)
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(unsupported.router)  # before videos: /videos/characters must not match /videos/{id}
     app.include_router(videos.router)
+    app.include_router(events.router)
+    app.include_router(playground.router)
     return app

@@ -1,14 +1,21 @@
 """Reading the body of `POST /v1/videos`: multipart or urlencoded form (what the OpenAI SDK sends)
-or JSON, size-capped while it streams in, validated into `CreateVideo`, with the first frame's
-bytes (a file field or a base64 data URL) set aside for server/uploads.py."""
+or JSON, size-capped and time-limited while it streams in, validated into `CreateVideo`, with the
+first frame's bytes (a file field or a base64 data URL) set aside for server/uploads.py.
+
+Every string that arrives (field names too) must be text UTF-8 can encode: JSON's `\\udfff` escape
+and some form charsets make lone surrogates, which no tokenizer takes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import re
 
+import numpy as np
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -16,24 +23,28 @@ from .errors import APIError, validation_error
 from .schemas import CreateVideo
 
 FORM_FIELD_LIMIT = 1024 * 1024
+MAX_JSON_DEPTH = 16  # the body needs 2 ({"input_reference": {"image_url": ...}}); deeper is an attack
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
-async def read_create_video(request: Request, max_upload_bytes: int) -> tuple[CreateVideo, bytes | None]:
+async def read_create_video(request: Request, max_upload_bytes: int,
+                            timeout_s: float) -> tuple[CreateVideo, bytes | None]:
     """The validated fields and the uploaded first frame (None for text-to-video)."""
-    fields, image = await _read_fields(request, max_upload_bytes)
+    fields, image = await _read_fields(request, max_upload_bytes, timeout_s)
     try:
         return CreateVideo.model_validate(fields), image
     except ValidationError as exc:
         raise validation_error(exc.errors()) from None
 
 
-async def _read_fields(request: Request, max_upload_bytes: int) -> tuple[dict, bytes | None]:
+async def _read_fields(request: Request, max_upload_bytes: int, timeout_s: float) -> tuple[dict, bytes | None]:
     ctype = request.headers.get("content-type", "").lower()
     length = request.headers.get("content-length", "")
     limit = max_upload_bytes + FORM_FIELD_LIMIT
     if length.isdigit() and int(length) > limit:
         raise _too_large(int(length), max_upload_bytes)
-    request = _limited(request, limit, max_upload_bytes)
+    request = _limited(request, limit, max_upload_bytes, timeout_s)
     if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
         return await _read_form(request, max_upload_bytes)
     if ctype.startswith("application/json") or not ctype:
@@ -64,16 +75,15 @@ async def _read_form(request: Request, max_upload_bytes: int) -> tuple[dict, byt
         elif value != "" or key == "prompt":
             fields[key] = value
     await form.close()
+    check_text(fields)
     return fields, image
 
 
 async def _read_json(request: Request) -> tuple[dict, bytes | None]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise APIError(400, "The body is not valid JSON.", code="invalid_json") from None
+    body = await run_in_threadpool(parse_json, await request.body() or b"{}")  # up to ~11 MB: off the loop
     if not isinstance(body, dict):
         raise APIError(400, "The JSON body must be an object.", code="invalid_json")
+    check_text(body)
     ref = body.pop("input_reference", None)
     if isinstance(ref, dict) and ref.get("image_url"):
         return body, _decode_data_url(ref["image_url"])
@@ -81,6 +91,46 @@ async def _read_json(request: Request) -> tuple[dict, bytes | None]:
         raise APIError(400, "input_reference in JSON must be {\"image_url\": \"data:...;base64,...\"}; or send "
                             "multipart/form-data with an image file.", param="input_reference", code="unsupported")
     return body, None
+
+
+def parse_json(data: bytes):
+    """json.loads, after checking the nesting depth: the decoder recurses once per level."""
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # only then can the depth be too much
+        brackets = _JSON_STRING.sub(b"", data).translate(None, delete=_NOT_BRACKETS)
+        steps = np.frombuffer(brackets, dtype=np.uint8)
+        depth = np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1))
+        if depth.size and depth.max() > MAX_JSON_DEPTH:
+            raise APIError(400, f"The JSON body is nested too deeply (more than {MAX_JSON_DEPTH} levels).",
+                           code="invalid_json")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: only if the depth check above were wrong
+        raise APIError(400, "The body is not valid JSON.", code="invalid_json") from None
+
+
+def check_text(value: object, path: str | None = None) -> None:
+    """400 `invalid_text` naming the first string (or field name) UTF-8 cannot encode."""
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise APIError(400, f"'{path}' is not valid UTF-8 text (it holds a lone surrogate such as \\udfff).",
+                           param=path, code="invalid_text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodable(key):
+                raise APIError(400, "A field name is not valid UTF-8 text (it holds a lone surrogate).",
+                               code="invalid_text")
+            check_text(item, key if path is None else f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            check_text(item, path)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _decode_data_url(url: str) -> bytes:
@@ -99,17 +149,27 @@ def _too_large(size: int, limit: int) -> APIError:
                     param="input_reference", code="file_too_large")
 
 
-def _limited(request: Request, limit: int, upload_limit: int) -> Request:
-    """The same request with a body that stops at `limit` bytes (chunked uploads have no length)."""
+def _limited(request: Request, limit: int, upload_limit: int, timeout_s: float) -> Request:
+    """The same request with a body that stops at `limit` bytes (chunked uploads have no length)
+    and must arrive within `timeout_s` (a client that sends half a body and stops gets a 408)."""
     seen = 0
+    complete = False
+    deadline = asyncio.get_running_loop().time() + timeout_s
 
     async def receive():
-        nonlocal seen
-        message = await request.receive()
+        nonlocal seen, complete
+        if complete:
+            return await request.receive()
+        try:
+            message = await asyncio.wait_for(request.receive(), deadline - asyncio.get_running_loop().time())
+        except TimeoutError:
+            raise APIError(408, f"The request body did not arrive within {timeout_s:g} s.",
+                           code="request_timeout") from None
         if message.get("type") == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise _too_large(seen, upload_limit)
+            complete = not message.get("more_body", False)
         return message
 
     return Request(request.scope, receive)

@@ -1,4 +1,4 @@
-"""`paris serve` (API + one worker + embedded Valkey), `paris api`, `paris worker`."""
+"""`paris serve` (API + workers + embedded Valkey), `paris api`, `paris worker`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from .children import die_with_parent
 from .settings import Settings
 
 log = logging.getLogger("paris.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+EXIT_REFUSED = 3  # `paris worker` cannot serve the model within its budget: restarting it would not help
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,22 @@ QUEUE_FLAGS = (
 WORKER_FLAGS = (
     Flag("--device", "device", str, "torch device for the worker (default cpu)"),
     Flag("--max-batch", "max_batch", int, "requests denoised together (worker capacity)"),
-    Flag("--device-memory", "device_memory", str, "device memory for weights: e.g. 40GiB, or a fraction of free "
-         "memory such as 0.8 (default: no limit); experts beyond it move in and out"),
+    Flag("--device-memory", "device_memory", str, "device memory the worker plans for (weights, activations, VAE "
+         "decode, embeddings, reserve): e.g. 40GiB, or a fraction of free memory such as 0.8 (default on CUDA: the free "
+         "memory; on CPU: no limit); the worker refuses to start when it cannot serve one request of the largest size"),
+    Flag("--host-memory", "host_memory", str, "host memory for pinned copies of the weights kept off the device "
+         "(default: 90%% of RAM)"),
+    Flag("--reserve", "reserve", str, "device memory held back for CUDA workspaces and fragmentation (default: 5%% of "
+         "the device memory, at least 2GiB)"),
     Flag("--threads", "threads", int, "torch CPU threads for the worker (default: torch's choice); 1 avoids thread "
          "stalls on a shared CPU"),
     Flag("--max-wait", "max_wait", int, "ticks a request may wait for its expert before it is served first "
          "(default 24)"),
     Flag("--worker-id", "worker_id"),
     Flag("--tick-delay", "tick_delay_s", float, "sleep after each step (debugging)"),
+    Flag("--max-job-seconds", "max_job_seconds", float, "a job running longer than this fails with `timeout` "
+         "(default 3600)"),
+    Flag("--artifact-writers", "artifact_writers", int, "threads writing videos off the engine loop (default 2)"),
 )
 
 
@@ -59,16 +71,21 @@ def _add(p: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
 
 def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
     p.add_argument("--model", help="model folder (default weights/paris-mini; env PARIS_MODEL)")
-    p.add_argument("--redis-url", help="Redis >= 7.2 / Valkey URL; omitted: embedded Valkey with AOF in --data-dir")
+    p.add_argument("--redis-url", help="Redis >= 7.2 / Valkey URL (env PARIS_REDIS_URL keeps a password out of ps); "
+                   "omitted: embedded Valkey with AOF in --data-dir")
     p.add_argument("--data-dir", type=Path, help="embedded Valkey data and default artifact dir (default .paris)")
     p.add_argument("--artifact-dir", type=Path, help="shared artifact directory (default DATA_DIR/artifacts)")
+    p.add_argument("--artifact-url", help="s3://bucket/prefix: artifacts on S3-compatible storage (endpoint and "
+                   "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or ~/.aws)")
     _add(p, QUEUE_FLAGS)
     p.add_argument("--log-level", default="INFO")
     if http:
         p.add_argument("--host", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port (default 8000)")
-        p.add_argument("--api-key", dest="api_keys", action="append", help="accept this API key (repeatable; "
-                       "env PARIS_API_KEYS=k1,k2); keys are kept only as sha256 digests")
+        p.add_argument("--api-key-file", type=Path, help="accept the API keys in this file (one per line); "
+                       "or env PARIS_API_KEYS=k1,k2; keys are kept only as sha256 digests")
+        p.add_argument("--api-key", dest="api_keys", action="append",
+                       help="accept this API key (repeatable); it shows in `ps`: prefer --api-key-file")
         p.add_argument("--allow-unauthenticated-public", action="store_true", default=None,
                        help="allow binding beyond 127.0.0.1 without API keys")
         p.add_argument("--max-upload-bytes", type=int)
@@ -77,15 +94,35 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         _add(p, WORKER_FLAGS)
 
 
+SECRETS = {"api_keys", "api_key_hashes", "redis_url"}  # never echoed in an error
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line per invalid setting, naming its environment variable (and flag)."""
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:
+            lines.append(msg)
+            continue
+        field = str(err["loc"][0])
+        got = "" if field in SECRETS else f" (got {err['input']!r})"
+        lines.append(f"{field} (PARIS_{field.upper()}): {msg}{got}")
+    return "; ".join(lines)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from pipeline.manifest import read_manifest
 
     fields = set(Settings.model_fields)
     overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if getattr(args, "api_keys", None):
+        log.warning(json.dumps({"event": "api_key_on_command_line", "advice": "--api-key shows in `ps`: use "
+                                "--api-key-file or PARIS_API_KEYS"}))
     try:
         settings = Settings(**overrides)
-    except ValueError as exc:  # pydantic's ValidationError: a clear message, not a traceback
-        raise SystemExit(f"paris {args.command}: {exc}") from None
+    except ValidationError as exc:  # a clear message, not a traceback
+        raise SystemExit(f"paris {args.command}: invalid settings: {describe_invalid(exc)}") from None
     try:
         read_manifest(settings.model)
     except Exception as exc:  # say what is wrong before starting anything
@@ -98,123 +135,181 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
-def _redis_url(settings: Settings, start: bool):
-    """(url, embedded server or None)."""
+def _redis_url(settings: Settings, command: str, start: bool):
+    """(url, the embedded Valkey this process owns or None)."""
     if settings.redis_url:
         return settings.redis_url, None
+    from .embedded import DataDirInUse, EmbeddedValkey, EmbeddedValkeyError, discover
+
     if start:
-        from .embedded import start_embedded
-        server = start_embedded(settings.data_dir)
-        return server.connection_url, server
-    port_file = Path(settings.data_dir) / "valkey" / "port.json"
-    if port_file.exists():
-        return f"redis://127.0.0.1:{json.loads(port_file.read_text())['port']}", None
-    raise SystemExit("paris worker: no --redis-url and no embedded Valkey found in the data dir; "
-                     "start `paris api` first or pass --redis-url")
+        valkey = EmbeddedValkey(settings.data_dir)
+        try:
+            valkey.start()
+        except (DataDirInUse, EmbeddedValkeyError) as exc:
+            raise SystemExit(f"paris {command}: {exc}") from None
+        return valkey.url, valkey
+    url = discover(settings.data_dir)
+    if url is None:
+        raise SystemExit(f"paris {command}: no --redis-url and no embedded Valkey found in {settings.data_dir}; "
+                         "start `paris api` there first or pass --redis-url")
+    return url, None
 
 
-def _check_bind(settings: Settings) -> None:
-    if settings.host not in LOOPBACK and not (settings.api_keys or settings.api_key_hashes) \
+def _check_api_start(settings: Settings, command: str) -> None:
+    """What the API needs before anything starts: keys unless on loopback, writable artifact storage."""
+    from .artifacts import StorageError, open_artifacts
+
+    if settings.host not in LOOPBACK and not (settings.plain_api_keys() or settings.api_key_hashes) \
             and not settings.allow_unauthenticated_public:
-        raise SystemExit(f"refusing to bind {settings.host} without API keys: pass --api-key KEY "
+        raise SystemExit(f"refusing to bind {settings.host} without API keys: pass --api-key-file FILE "
                          "(or PARIS_API_KEYS), or --allow-unauthenticated-public to serve without keys")
+    try:
+        open_artifacts(settings).check()
+    except (StorageError, OSError) as exc:
+        raise SystemExit(f"paris {command}: artifact storage: {exc}") from None
 
 
 def _exit_on_signal(signum, frame):
     raise SystemExit(0)
 
 
-def _run_api(settings: Settings, url: str) -> None:
+def _run_api(settings: Settings, url: str, valkey) -> None:
     import uvicorn
 
     from .app import create_app
+    from .header_timeout import with_header_timeout
 
-    app = create_app(settings, redis_url=url)
+    try:
+        app = create_app(settings, redis_url=url, valkey=valkey)
+    except ValueError as exc:  # e.g. a refused PARIS_WEBHOOK_URLS entry: a clear message, not a traceback
+        raise SystemExit(f"paris: {exc}") from None
     # uvicorn restores the previous handlers after shutdown and re-raises the signal; make that an
-    # exception so the caller's `finally` stops the embedded Valkey and the worker subprocess.
+    # exception so the caller's `finally` stops the embedded Valkey and the worker subprocesses.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_on_signal)
     log.info(json.dumps({"event": "api_listening", "url": f"http://{settings.host}:{settings.port}",
                          "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    # Event streams stay open until their job ends: on shutdown, give them a few seconds, then close
+    # them (the browser reconnects with Last-Event-ID, to another API process if need be).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3)
 
 
 def cmd_api(args) -> int:
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
-    _check_bind(settings)
-    url, server = _redis_url(settings, start=True)
+    _check_api_start(settings, "api")
+    url, valkey = _redis_url(settings, "api", start=True)
     try:
-        _run_api(settings, url)
+        _run_api(settings, url, valkey)
     finally:
-        if server:
-            server.stop()
+        if valkey:
+            valkey.stop()
     return 0
 
 
 def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
-    url, _ = _redis_url(settings, start=False)
-    from .worker import build_worker
+    url, _ = _redis_url(settings, "worker", start=False)
+    from .worker import WorkerRefused, build_worker
 
-    worker = build_worker(settings, url)
+    try:
+        worker = build_worker(settings, url)
+    except WorkerRefused as exc:
+        print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     worker.run()
     return 0
 
 
-def _worker_argv(args, settings: Settings, url: str) -> list[str]:
-    argv = [sys.executable, "-m", "client.cli", "worker", "--redis-url", url, "--model", str(settings.model),
-            "--artifact-dir", str(settings.resolved_artifact_dir().resolve()), "--log-level", args.log_level]
+def worker_devices(settings: Settings) -> list[str]:
+    """The device of each worker `paris serve` starts: `workers` of them (default: one per named
+    device, or one), worker i on devices[i % len(devices)] (default: `device`)."""
+    devices = settings.devices or [settings.device]
+    return [devices[i % len(devices)] for i in range(settings.workers or len(devices))]
+
+
+def _worker_argv(args, settings: Settings, device: str) -> list[str]:
+    """The worker's command line. The Redis URL (it may hold a password) goes in its environment."""
+    argv = [sys.executable, "-m", "client.cli", "worker", "--model", str(settings.model),
+            "--log-level", args.log_level]
+    if settings.artifact_url:
+        argv += ["--artifact-url", settings.artifact_url]
+    else:
+        argv += ["--artifact-dir", str(settings.resolved_artifact_dir().resolve())]
     for flag in QUEUE_FLAGS + WORKER_FLAGS:
-        value = getattr(settings, flag.field)
+        value = device if flag.field == "device" else getattr(settings, flag.field)
         if value is not None:
             argv += [flag.name, str(value)]
     return argv
 
 
+def _supervise_worker(argv: list[str], env: dict, stop: threading.Event, refused: threading.Event,
+                      procs: dict[int, subprocess.Popen], slot: int) -> None:
+    """Run one worker, restarting it when it exits, until `stop`. The worker gets SIGTERM if this
+    process dies (even by kill -9): the parent-death signal is tied to this thread, which lives
+    as long as the worker should."""
+    while not stop.is_set():
+        p = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent())
+        procs[slot] = p
+        while p.poll() is None and not stop.is_set():
+            time.sleep(0.5)
+        if p.returncode == EXIT_REFUSED:  # its message is on stderr; the API stops too
+            log.error(json.dumps({"event": "worker_refused", "code": p.returncode, "slot": slot}))
+            refused.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if not stop.is_set():
+            log.warning(json.dumps({"event": "worker_exited", "code": p.returncode, "restart_in_s": 2}))
+            stop.wait(2)
+
+
 def cmd_serve(args) -> int:
-    """API + one worker (a supervised subprocess) + embedded Valkey unless --redis-url."""
+    """API + workers (supervised subprocesses) + embedded Valkey unless --redis-url. A worker that
+    refuses to start (it cannot serve the model within the budget) stops the whole server."""
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
-    _check_bind(settings)
-    url, server = _redis_url(settings, start=True)
-    stop = threading.Event()
-    proc: list[subprocess.Popen] = []
+    _check_api_start(settings, "serve")
+    url, valkey = _redis_url(settings, "serve", start=True)
+    stop, refused = threading.Event(), threading.Event()
+    procs: dict[int, subprocess.Popen] = {}  # the current process of each worker slot
     repo_root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
-
-    def supervise():
-        while not stop.is_set():
-            p = subprocess.Popen(_worker_argv(args, settings, url), env=env)
-            proc[:] = [p]
-            while p.poll() is None and not stop.is_set():
-                time.sleep(0.5)
-            if not stop.is_set():
-                log.warning(json.dumps({"event": "worker_exited", "code": p.returncode, "restart_in_s": 2}))
-                time.sleep(2)
-
-    threading.Thread(target=supervise, daemon=True).start()
+    env = {**os.environ, "PARIS_REDIS_URL": url,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # before a worker can refuse
+    for slot, device in enumerate(worker_devices(settings)):
+        threading.Thread(target=_supervise_worker, args=(_worker_argv(args, settings, device), env, stop, refused,
+                                                         procs, slot),
+                         name=f"worker-{slot}", daemon=True).start()
     try:
-        _run_api(settings, url)
+        _run_api(settings, url, valkey)
+    except SystemExit:
+        if not refused.is_set():
+            raise
     finally:
         stop.set()
-        for p in proc:
+        for p in list(procs.values()):
             p.terminate()
+        for p in list(procs.values()):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if server:
-            server.stop()
-    return 0
+        if valkey:
+            valkey.stop()
+    return EXIT_REFUSED if refused.is_set() else 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="API + one worker + embedded Valkey (single machine)")
+    p = subparsers.add_parser("serve", help="API + workers + embedded Valkey (single machine)")
     _common(p, http=True, worker=True)
+    p.add_argument("--workers", dest="workers", type=int, help="worker processes (default: one per --devices "
+                   "entry, or one)")
+    p.add_argument("--devices", dest="devices", help="comma-separated devices, one worker each (e.g. "
+                   "cuda:0,cuda:1); with --workers N, worker i runs on device i mod the count")
     p.set_defaults(run=cmd_serve)
     p = subparsers.add_parser("api", help="the HTTP API only (workers run separately)")
     _common(p, http=True, worker=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio
 from fastapi import Depends, Header, Request
 from prometheus_client import CollectorRegistry
 
@@ -14,9 +15,12 @@ from pipeline.manifest import Manifest
 
 from .artifacts import ArtifactStore
 from .auth import KeyRing
+from .embedded import EmbeddedValkey
 from .settings import Settings
 from .store import JobStore
 from .owned_videos import OwnedVideos
+from .uploads import ImageLimits, ImageSlots
+from .webhook_service import WebhookService
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,11 @@ class Services:
     keys: KeyRing
     registry: CollectorRegistry
     started_at: int  # the models' `created`
+    image_limits: ImageLimits
+    image_slots: ImageSlots
+    valkey: EmbeddedValkey | None  # the embedded Valkey this process supervises (its state is our health)
+    webhooks: WebhookService
+    event_reader: redis.asyncio.Redis  # blocking reads of job event logs (/events), off the sync client
 
 
 def get_services(request: Request) -> Services:
@@ -50,6 +59,10 @@ def get_artifacts(services: Annotated[Services, Depends(get_services)]) -> Artif
     return services.artifacts
 
 
+def get_event_reader(services: Annotated[Services, Depends(get_services)]) -> redis.asyncio.Redis:
+    return services.event_reader
+
+
 def require_owner(services: Annotated[Services, Depends(get_services)],
                   authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> str:
     """The caller's owner id (from its API key), or 401."""
@@ -68,3 +81,4 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 Owner = Annotated[str, Depends(require_owner)]
 Videos = Annotated[OwnedVideos, Depends(get_videos)]
+EventReaderDep = Annotated[redis.asyncio.Redis, Depends(get_event_reader)]

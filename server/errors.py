@@ -84,6 +84,16 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(503, "The job store (Redis) is unavailable; try again shortly.", None,
                               "redis_unavailable", {"Retry-After": "2"})
 
+    from .artifacts import StorageError
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(request: Request, exc: StorageError):
+        import logging
+        logging.getLogger("paris.api").warning("artifact storage failed on %s %s: %s", request.method,
+                                               request.url.path, exc)
+        return error_response(503, "Artifact storage is unavailable; try again shortly.", None,
+                              "storage_unavailable", {"Retry-After": "5"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         import logging

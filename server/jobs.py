@@ -73,6 +73,10 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def workers_storage_down(self) -> str:  # ZSET of worker ids whose artifact storage fails, by last report
+        return f"{self.prefix}:workers:storage_down"
+
+    @property
     def metrics(self) -> str:  # hash of counters and histogram buckets (server/metrics.py)
         return f"{self.prefix}:metrics"
 
@@ -93,6 +97,9 @@ class Keys:
     def owner_active(self, owner: str) -> str:  # SET of an owner's queued and running ids (the limit)
         return f"{self.owner_prefix}{owner}:active"
 
+    def client_active(self, address: str) -> str:  # SET of a client address's active ids (the limit without keys)
+        return f"{self.prefix}:client:{address}:active"
+
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"
 
@@ -112,6 +119,7 @@ class Job:
     size: str
     num_inference_steps: int
     has_image: bool
+    webhook_urls: list[str] | None = None  # where video.completed / video.failed go (server-wide + the request's)
     # the state machine
     status: JobStatus = JobStatus.QUEUED
     entry_id: str | None = None  # the stream entry; acked and deleted when the job finishes
@@ -133,11 +141,12 @@ class Job:
     compute: dict | None = None
 
     @classmethod
-    def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest) -> Job:
+    def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest,
+            webhook_urls: list[str] | None = None) -> Job:
         return cls(id=job_id, owner=owner, model=model, created_at=int(time.time()), request=request.to_json(),
                    prompt=request.prompt, seed=request.seed, num_frames=request.num_frames, fps=request.fps,
                    size=request.size, num_inference_steps=request.num_inference_steps,
-                   has_image=request.has_image)
+                   has_image=request.has_image, webhook_urls=webhook_urls or None)
 
     @property
     def seconds(self) -> float:
@@ -157,6 +166,7 @@ class Job:
             id=h["id"], owner=h["owner"], model=h["model"], created_at=int(h["created_at"]), request=h["request"],
             prompt=h["prompt"], seed=int(h["seed"]), num_frames=int(h["num_frames"]), fps=int(h["fps"]),
             size=h["size"], num_inference_steps=int(h["num_inference_steps"]), has_image=h["has_image"] == "1",
+            webhook_urls=opt_json("webhook_urls"),
             status=JobStatus(h["status"]), entry_id=h.get("entry_id"), fence=int(h["fence"]),
             attempts=int(h["attempts"]), worker=h.get("worker"), progress=int(h["progress"]),
             step=opt_int("step"), completed_at=opt_int("completed_at"), expires_at=opt_int("expires_at"),

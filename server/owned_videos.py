@@ -17,9 +17,12 @@ log = logging.getLogger("paris.api")
 
 
 def purge(store: JobStore, artifacts: ArtifactStore, job_id: str, ttl_s: int) -> JobStatus | None:
-    """Cancel the job if it runs, delete its record and its files; returns the status it had."""
-    was = store.delete(job_id, ttl_s)
+    """Cancel the job if it runs (its worker then writes nothing more), delete its files, then its
+    record; returns the status it had. The record goes last: if the storage fails, it is still there
+    for the next DELETE or sweep to finish the job."""
+    was = store.cancel(job_id, ttl_s)
     artifacts.remove(job_id)
+    store.delete(job_id, ttl_s)
     return was
 
 

@@ -15,7 +15,7 @@ from .jobs import Job, JobStatus
 class CreateVideo(BaseModel):
     """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # Infinity, NaN, "inf": 400 naming the field
     prompt: str
     model: str | None = None
     seconds: float | None = Field(default=None, gt=0)
@@ -34,6 +34,7 @@ class CreateVideo(BaseModel):
     expert_schedule: list[int] | None = None
     speed: Speed | None = None
     guidance_interval: list[float] | None = None
+    webhook_url: str | None = None  # https receiver of this job's video.completed / video.failed
 
     @field_validator("guidance_interval", mode="before")
     @classmethod
@@ -59,6 +60,29 @@ class CreateVideo(BaseModel):
 class VideoError(BaseModel):
     code: str
     message: str
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDelivery(BaseModel):
+    """One event to one receiver (server/webhooks/outbox.py); `url` is the receiver's origin only."""
+
+    id: str
+    event_id: str
+    type: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    created_at: int
+    finished_at: int | None
+    next_attempt_at: int | None
+    error: str | None
+    attempts: list[WebhookAttempt]
 
 
 class Video(BaseModel):
@@ -90,16 +114,19 @@ class Video(BaseModel):
                                                              "this job ran, and the most ticks it waited for its expert")
     compute: dict | None = Field(default=None, description="expert row-forwards and block-forwards run and skipped "
                                                            "(guidance interval, step caching): what the speed preset saved")
+    webhooks: list[WebhookDelivery] | None = Field(default=None, description="deliveries of this job's webhook "
+                                                   "event and their attempts (null: the job has no webhook URL)")
 
     @classmethod
-    def from_job(cls, job: Job, queue_position: int | None = None) -> "Video":
+    def from_job(cls, job: Job, queue_position: int | None = None,
+                 webhooks: list[dict] | None = None) -> "Video":
         error = VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
         return cls(id=job.id, created_at=job.created_at, completed_at=job.completed_at, expires_at=job.expires_at,
                    model=job.model, status=job.status, progress=job.progress, prompt=job.prompt,
                    seconds=f"{job.seconds:g}", size=job.size, error=error, seed=job.seed, num_frames=job.num_frames,
                    fps=job.fps, num_inference_steps=job.num_inference_steps, step=job.step, attempts=job.attempts,
                    queue_position=queue_position, image_to_video=job.has_image, routing=job.routing,
-                   residency=job.residency, compute=job.compute)
+                   residency=job.residency, compute=job.compute, webhooks=webhooks)
 
 
 class VideoList(BaseModel):

@@ -1,54 +1,84 @@
-"""Server settings: environment variables with a `PARIS_` prefix, overridden by CLI flags."""
+"""Server settings: environment variables with a `PARIS_` prefix, overridden by CLI flags. Every
+value is checked when a command starts (server/cli.py turns a failure into one clear line and a
+non-zero exit)."""
 
 from pathlib import Path
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weights import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore")
+    # hide_input_in_errors: a mistyped secret or key must not end up in a log
+    model_config = SettingsConfigDict(env_prefix="PARIS_", extra="ignore", hide_input_in_errors=True)
 
     # Where things live
     model: str = str(DEFAULT_MODEL)            # model folder served by the API and run by workers
     redis_url: str | None = None               # None: start an embedded Valkey (AOF on) in data_dir
     data_dir: Path = Path(".paris")            # embedded Valkey data + default artifact dir
     artifact_dir: Path | None = None           # default: data_dir / "artifacts"
+    artifact_url: str | None = None            # s3://bucket/prefix: artifacts on S3-compatible storage instead
+    artifact_presign_s: int = Field(0, ge=0)   # > 0: /content redirects to a presigned URL valid this long (S3)
     key_prefix: str = "paris"                  # namespace of every Redis key
 
     # HTTP
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)        # plain keys (hashed at startup, never stored)
+    api_key_file: Path | None = None            # more plain keys, one per line ('#' comments and blank lines skipped)
     api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 hex digests of keys
     allow_unauthenticated_public: bool = False  # bind beyond loopback without keys only when this is set
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this
+    body_timeout_s: float = Field(60.0, gt=0)    # ... and its body within this (408 otherwise)
 
     # Limits
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
-    max_active_jobs_per_key: int = 16           # queued + running jobs per key (429 beyond)
-    poll_after_ms: int = 1000
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_image_side: int = Field(8192, ge=1)       # longest side of an uploaded first frame
+    max_image_aspect_ratio: float = Field(16.0, ge=1)  # longer side / shorter side of an upload
+    image_decode_concurrency: int = Field(2, ge=1)  # uploads decoded at once (in threads, off the event loop)
+    max_active_jobs_per_key: int = Field(16, ge=0)  # queued + running jobs per key, or per client address
+                                                    # when no keys are configured (429 beyond; 0: no limit)
+    poll_after_ms: int = Field(1000, ge=0)
 
     # Queue
-    job_ttl_s: int = 24 * 3600                  # finished records and files expire after this
-    lease_ms: int = 30_000                      # a running job's lease; renewed every lease/3
-    max_attempts: int = 3
-    heartbeat_ttl_s: float = 15.0               # /ready needs a worker heartbeat younger than this
+    job_ttl_s: int = Field(24 * 3600, ge=1)     # finished records and files expire after this
+    lease_ms: int = Field(30_000, ge=1000)      # a running job's lease; renewed every lease/3
+    max_attempts: int = Field(3, ge=1)
+    heartbeat_ttl_s: float = Field(15.0, gt=0)  # /ready needs a worker heartbeat younger than this
 
     # Worker
     worker_id: str | None = None
     device: str = "cpu"
-    max_batch: int = 8
-    device_memory: str | None = None            # weights budget: "40GiB" or a fraction of free memory ("0.8"); None: no limit
-    threads: int | None = None                  # torch CPU threads in the worker; None: torch's default
-    max_wait: int = 24                          # fairness bound input: see pipeline/engine.py (Scheduling)
-    tick_delay_s: float = 0.0                   # sleep after each denoising step (debugging / fault tests)
+    max_batch: int = Field(8, ge=1)
+    device_memory: str | None = None            # device budget: "40GiB" or "0.8" of free memory; None: free (CUDA), no limit (CPU)
+    host_memory: str | None = None              # pinned host copies ("256GiB"); None: 90% of the machine's RAM
+    reserve: str | None = None                  # device memory held back; None: 5% of the device budget, at least 2GiB
+    threads: int | None = Field(None, ge=1)     # torch CPU threads in the worker; None: torch's default
+    max_wait: int = Field(24, ge=0)             # fairness bound input: see pipeline/engine.py (Scheduling)
+    tick_delay_s: float = Field(0.0, ge=0)      # sleep after each denoising step (debugging / fault tests)
+    max_job_seconds: float = Field(3600.0, gt=0)  # one attempt's run time before it fails with `timeout`
+    artifact_writers: int = Field(2, ge=1)      # threads writing videos and settling jobs off the engine loop
+    max_storage_retries: int = Field(10, ge=0)  # times a job goes back to the queue because storage failed
 
-    @field_validator("api_keys", "api_key_hashes", mode="before")
+    # Webhooks: video.completed / video.failed, signed with the secret (README: "Playground, events and webhooks")
+    webhook_secret: SecretStr | None = None     # whsec_<base64 key>; without it no webhook is sent or accepted
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # every job's events also go here
+    webhook_allow_private: bool = False         # also private and loopback receivers (link-local stays refused)
+    webhook_ca_file: Path | None = None         # trust this CA bundle for receivers (default: the public CAs)
+    webhook_retry_base_s: float = Field(5.0, gt=0)  # first retry after about this, then doubling ...
+    webhook_retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
+    webhook_max_attempts: int = Field(10, ge=1)
+
+    # `paris serve`: its worker processes
+    workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)
+    devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
+
+    @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
@@ -56,13 +86,49 @@ class Settings(BaseSettings):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
 
-    @field_validator("device_memory")
+    @field_validator("device_memory", "host_memory", "reserve")
     @classmethod
-    def _device_memory(cls, v):
+    def _memory_size(cls, v):
         from pipeline.residency import parse_budget
 
         if v is not None:
             parse_budget(v, "cpu")  # a malformed value is a clear error at startup
+        return v
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url(cls, v):
+        if v is not None and (not v.startswith("s3://") or not v.removeprefix("s3://").split("/")[0]):
+            raise ValueError("must look like s3://bucket or s3://bucket/prefix")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.artifact_url and self.artifact_dir:
+            raise ValueError("give artifact_dir (a directory) or artifact_url (s3://...), not both")
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError("PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET (whsec_...) to sign its deliveries")
+        if self.api_key_file is not None:
+            try:
+                self.plain_api_keys()
+            except OSError as exc:
+                raise ValueError(f"cannot read api_key_file {str(self.api_key_file)!r}: {exc.strerror}") from None
+        return self
+
+    def plain_api_keys(self) -> list[str]:
+        """api_keys and the keys in api_key_file."""
+        if self.api_key_file is None:
+            return list(self.api_keys)
+        lines = Path(self.api_key_file).read_text().splitlines()
+        return self.api_keys + [k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#")]
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v):
+        from .webhooks import WebhookSecret
+
+        if v is not None:
+            WebhookSecret(v.get_secret_value())  # a malformed secret is a clear error at startup
         return v
 
     def resolved_artifact_dir(self) -> Path:

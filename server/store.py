@@ -18,6 +18,12 @@ State machine (every transition is one Lua script, so it is atomic):
   job's current fence and the job is still in_progress, so a stale worker cannot write.
 * cancel: sets status failed/cancelled at once, removes the entry (XACK+XDEL); the running
   worker sees it between steps and frees the slot.
+* requeue: a worker that cannot store a job's files (an infrastructure fault, not the job's)
+  hands it back: queued again, first in line, its attempt refunded; a separate budget
+  (`requeues`) bounds how often.
+* notices (server/notices.py): progress, the settles and cancel also append to the job's event
+  log and queue its webhooks, guarded, in the same transaction; enqueue and an exhausted claim
+  right after their script (guarded by the state it left).
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from .jobs import GROUP, Job, JobStatus, Keys, hash_args
 from .metrics import Metrics
+from .notices import JobNotices
 
 
 def now_ms() -> int:
@@ -54,24 +63,45 @@ local function finish(job, stream, active, expiry, id, status, now, ttl, group, 
 end
 """
 
-# KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none)
-# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, field, value, ... (the whole job hash)
+# KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none), limit set
+# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, fingerprint, field, value, ... (the whole job hash)
+# The idempotency key holds "<job id> <fingerprint>"; its job's hash is returned whole, read in this
+# same script, so a DELETE racing the POST cannot leave the API holding an id with no job.
+# The limit set is owner_active, or a per-client-address set (no API keys) that the finish scripts
+# do not know about: jobs in it that finished or were deleted are forgotten here.
 ENQUEUE = """
 if KEYS[7] ~= '' then
   local ex = redis.call('GET', KEYS[7])
-  if ex and redis.call('EXISTS', ARGV[5] .. ex) == 1 then return {'existing', ex} end
+  if ex then
+    local id, fingerprint = string.match(ex, '^(%S+) ?(%S*)$')
+    local job = redis.call('HGETALL', ARGV[5] .. id)
+    if #job > 0 then
+      if fingerprint ~= '' and fingerprint ~= ARGV[6] then return {'conflict', id} end  -- '': a key from before fingerprints
+      return {'existing', id, job}
+    end
+  end
 end
-if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[2]) then
+if KEYS[8] ~= KEYS[6] then
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[8])) do
+    local status = redis.call('HGET', ARGV[5] .. member, 'status')
+    if status ~= 'queued' and status ~= 'in_progress' then redis.call('SREM', KEYS[8], member) end
+  end
+end
+if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[2]) then
   return {'limit', ''}
 end
 local id = ARGV[1]
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), id)  -- queue position: enqueue order
 redis.call('ZADD', KEYS[5], ARGV[3], id)
 redis.call('SADD', KEYS[6], id)
-if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id, 'EX', ARGV[4]) end
+if KEYS[8] ~= KEYS[6] then
+  redis.call('SADD', KEYS[8], id)
+  redis.call('EXPIRE', KEYS[8], ARGV[4])
+end
+if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id .. ' ' .. ARGV[6], 'EX', ARGV[4]) end
 local entry = redis.call('XADD', KEYS[2], '*', 'job', id)
 redis.call('HSET', KEYS[1], 'entry_id', entry)
 return {'created', id}
@@ -98,7 +128,7 @@ if attempts > tonumber(ARGV[7]) then
   return {'exhausted', fence, attempts}
 end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'worker', ARGV[3], 'progress', 0, 'step', 0)
-return {'claimed', fence, attempts}
+return {'claimed', fence, attempts, unpack(redis.call('HGETALL', KEYS[1]))}  -- the claimed job's record
 """
 
 # KEYS: job ; ARGV: fence, field, value, ...
@@ -130,6 +160,27 @@ redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JU
 return 1
 """
 
+# KEYS: job, stream, queued, owner_active, expiry
+# ARGV: id, fence, group, consumer, entry, idle_ms, max_requeues, now, ttl
+REQUEUE = _FINISH + """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
+  return 0
+end
+local requeues = redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+if requeues > tonumber(ARGV[7]) then
+  finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[3],
+    {'error_code', 'storage_unavailable',
+     'error_message', "The video could not be stored: the server's storage failed " .. (requeues - 1) .. " times."})
+  return 2
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- an infrastructure fault does not use up the job's attempts
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', 0, 'step', 0)
+redis.call('HDEL', KEYS[1], 'worker')
+redis.call('ZADD', KEYS[3], 0, ARGV[1])  -- it was first in line when it was claimed
+redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[5], 'IDLE', ARGV[6], 'JUSTID')  -- any worker may take it now
+return 1
+"""
+
 # KEYS: job, stream, owner_active, expiry ; ARGV: id, fence, status, now, ttl, group, field, value, ...
 SETTLE = _FINISH + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
@@ -141,18 +192,23 @@ finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], tonumber(ARGV[4]), 
 return 1
 """
 
-# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group
+# KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group, message
 CANCEL = _FINISH + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 if status == 'queued' or status == 'in_progress' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
-    {'error_code', 'cancelled', 'error_message', 'The job was cancelled.', 'cancelled_at_step',
+    {'error_code', 'cancelled', 'error_message', ARGV[5], 'cancelled_at_step',
      redis.call('HGET', KEYS[1], 'step') or '0'})
 end
 return status
 """
+
+
+Enqueued = Literal["created", "existing", "conflict", "limit"]
+
+CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
 
 
 @dataclass(frozen=True)
@@ -166,10 +222,70 @@ class Claim:
 
 
 class JobState(NamedTuple):
-    """What a running job's worker checks between steps; both None once the job is deleted."""
+    """What a running job's worker checks between steps and after settling it; all None once the
+    job is deleted."""
 
     status: JobStatus | None
     fence: int | None
+    artifact_fence: int | None = None
+
+    @classmethod
+    def parse(cls, status: str | None, fence: str | None, artifact_fence: str | None) -> JobState:
+        return cls(JobStatus(status) if status else None, int(fence) if fence else None,
+                   int(artifact_fence) if artifact_fence else None)
+
+
+class RoundTrip:
+    """Commands queued now and sent later as one pipeline (possibly from another thread).
+    Scripts go by EVALSHA alone (a registered script in a pipeline costs a SCRIPT EXISTS round
+    trip first); one the server lost (a restart) is loaded and run again."""
+
+    def __init__(self, client: redis.Redis):
+        self.pipe = client.pipeline(transaction=False)
+        self._scripts: list[tuple[int, Script, list[str], list]] = []
+
+    def script(self, script: Script, keys: list[str], args: list) -> None:
+        self._scripts.append((len(self.pipe.command_stack), script, keys, args))
+        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def send(self) -> list:
+        results = self.pipe.execute(raise_on_error=False)
+        for i, script, keys, args in self._scripts:
+            if isinstance(results[i], NoScriptError):
+                results[i] = script(keys=keys, args=args)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One request's advance in an engine step: what JobStore.after_step writes and tells."""
+
+    claim: Claim
+    percent: int
+    step: int
+    total: int
+    experts: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass
+class StepReport:
+    """JobStore.after_step's round trip: `send()` returns the watched jobs' states."""
+
+    trip: RoundTrip
+    watched: list[str]
+    first_state: int
+
+    @property
+    def pipe(self) -> redis.client.Pipeline:
+        return self.trip.pipe
+
+    def send(self) -> dict[str, JobState]:
+        states = self.trip.send()[self.first_state:self.first_state + len(self.watched)]
+        return {job_id: JobState.parse(*values) for job_id, values in zip(self.watched, states, strict=True)}
 
 
 class JobStore:
@@ -179,11 +295,13 @@ class JobStore:
         self.redis = client
         self.keys = Keys(prefix)
         self.metrics = Metrics(client, self.keys.metrics)
+        self.notices = JobNotices(client, prefix)
         self._enqueue = client.register_script(ENQUEUE)
         self._claim = client.register_script(CLAIM)
         self._progress = client.register_script(PROGRESS)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
+        self._requeue = client.register_script(REQUEUE)
         self._settle = client.register_script(SETTLE)
         self._cancel = client.register_script(CANCEL)
 
@@ -205,18 +323,30 @@ class JobStore:
             return False
 
     # ---- API side -------------------------------------------------------------------------
-    def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None,
-                idem_ttl_s: int = 86400) -> tuple[str, str]:
-        """Returns (outcome, job_id) with outcome 'created' | 'existing' | 'limit'."""
+    def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None, fingerprint: str = "-",
+                idem_ttl_s: int = 86400, client: str | None = None) -> tuple[Enqueued, Job | None]:
+        """The outcome and the job it concerns: `job` itself when created, the job the
+        Idempotency-Key already names (as it was when read) when 'existing', None for 'conflict'
+        (the key names a job made from another request, `fingerprint` differs) and 'limit'.
+        `client` (an address) counts the limit per client instead of per owner."""
         k = self.keys
         idem = k.idempotency(job.owner, idempotency_key) if idempotency_key else ""
+        active = k.owner_active(job.owner)
         out = self._enqueue(
-            keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), k.owner_active(job.owner), idem],
-            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix,
+            keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), active, idem,
+                  k.client_active(client) if client else active],
+            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix, fingerprint,
                   *(x for field in job.to_hash().items() for x in field)])
-        if out[0] == "created":
+        outcome: Enqueued = out[0]
+        if outcome == "created":
             self.metrics.count("jobs_created_total")
-        return out[0], out[1]
+            position = self.queue_position(job.id)
+            if position is not None:
+                self.notices.queued(self.redis, k.job(job.id), job.id, position)
+            return outcome, job
+        if outcome == "existing":
+            return outcome, Job.from_hash(dict(zip(out[2][::2], out[2][1::2], strict=True)))
+        return outcome, None
 
     def get(self, job_id: str) -> Job | None:
         data = self.redis.hgetall(self.keys.job(job_id))
@@ -253,8 +383,11 @@ class JobStore:
         if job is None:
             return None
         k = self.keys
-        prev = self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
-                            args=[job_id, now_ms(), ttl_s, GROUP])
+        pipe = self.redis.pipeline(transaction=True)
+        self._cancel(keys=[k.job(job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
+                     args=[job_id, now_ms(), ttl_s, GROUP, CANCELLED[1]], client=pipe)
+        self.notices.ended(pipe, k.job(job_id), job_id, job.webhook_urls or [], fence=None, error=CANCELLED)
+        prev = pipe.execute()[0]
         if not prev:
             return None
         prev = JobStatus(prev)
@@ -297,32 +430,84 @@ class JobStore:
                                                           start_id="0-0", count=count)
         return [(eid, (fields or {}).get("job", "")) for eid, fields in entries if fields]
 
-    def claim(self, entry_id: str, job_id: str, worker: str, *, ttl_s: int, max_attempts: int) -> Claim | None:
+    def claim(self, entries: list[tuple[str, str]], worker: str, *, ttl_s: int, max_attempts: int
+              ) -> dict[str, tuple[Claim, Job]]:
+        """Claim delivered entries (entry_id, job_id) in one round trip: job id -> the claim and
+        the job's record. An entry whose job is gone or finished is acked and left out; a job
+        past max_attempts fails and is left out."""
         k = self.keys
-        if not job_id:
-            self.redis.xack(k.stream, GROUP, entry_id)
-            return None
-        outcome, fence, attempts = self._claim(
-            keys=[k.job(job_id), k.stream, k.queued, k.expiry, k.owner_prefix],
-            args=[job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
-        if outcome == "exhausted":
-            self.metrics.count("jobs_finished_total", JobStatus.FAILED)
-        if outcome != "claimed":
-            return None
-        return Claim(job_id, entry_id, int(fence), int(attempts))
+        trip = RoundTrip(self.redis)
+        wanted = [(entry_id, job_id) for entry_id, job_id in entries if job_id]
+        for entry_id, job_id in wanted:
+            trip.script(self._claim, [k.job(job_id), k.stream, k.queued, k.expiry, k.owner_prefix],
+                        [job_id, entry_id, worker, now_ms(), ttl_s, GROUP, max_attempts])
+        for entry_id, job_id in entries:
+            if not job_id:
+                trip.pipe.xack(k.stream, GROUP, entry_id)
+        claims = {}
+        for (entry_id, job_id), (outcome, fence, attempts, *record) in zip(wanted, trip.send()[:len(wanted)], strict=True):
+            if outcome == "exhausted":
+                self.metrics.count("jobs_finished_total", JobStatus.FAILED)
+                self._exhausted(job_id, int(fence))
+            if outcome == "claimed":
+                job = Job.from_hash(dict(zip(record[::2], record[1::2], strict=True)))
+                claims[job_id] = (Claim(job_id, entry_id, int(fence), int(attempts)), job)
+        return claims
 
-    def progress(self, claim: Claim, percent: int, step: int) -> bool:
-        return bool(self._progress(keys=[self.keys.job(claim.job_id)],
-                                   args=[claim.fence, *hash_args(progress=percent, step=step)]))
+    def after_step(self, progress: list[StepProgress], watched: list[str]) -> StepReport:
+        """A worker's Redis work after one engine step, queued for one round trip: the fenced
+        progress of every request that advanced, each with its event (guarded: only if the
+        progress write applied), and the state of every job in `watched` (its stop checks; a
+        progress write that did not apply shows there as a changed status or fence). The step's
+        metrics go into `StepReport.pipe`."""
+        trip = RoundTrip(self.redis)
+        for p in progress:
+            key = self.keys.job(p.claim.job_id)
+            trip.script(self._progress, [key], [p.claim.fence, *hash_args(progress=p.percent, step=p.step)])
+            self.notices.progress(trip.pipe, key, p.claim.job_id, p.claim.fence, step=p.step, total=p.total,
+                                  percent=p.percent, experts=p.experts, weights=p.weights)
+        first_state = len(trip.pipe.command_stack)
+        self._queue_states(trip.pipe, watched)
+        return StepReport(trip, watched, first_state)
 
-    def renew(self, claim: Claim, consumer: str) -> bool:
-        return bool(self._renew(keys=[self.keys.job(claim.job_id), self.keys.stream],
-                                args=[claim.fence, GROUP, consumer, claim.entry_id]))
+    def _exhausted(self, job_id: str, fence: int) -> None:
+        """The claim script failed the job (attempts exhausted): its event and webhooks, as a settle
+        would queue them (not in the claim's own transaction: the claim returns the fence)."""
+        job = self.get(job_id)
+        if job is None or job.error_code is None:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        self.notices.ended(pipe, self.keys.job(job_id), job_id, job.webhook_urls or [], fence=fence,
+                           error=(job.error_code, job.error_message or ""))
+        pipe.execute()
+
+    def renew(self, claims: list[Claim], consumer: str) -> list[bool]:
+        """Renew the leases of `claims` (one round trip); False where the claim is no longer current."""
+        trip = RoundTrip(self.redis)
+        for c in claims:
+            trip.script(self._renew, [self.keys.job(c.job_id), self.keys.stream], [c.fence, GROUP, consumer, c.entry_id])
+        return [bool(x) for x in trip.send()]
 
     def release(self, claim: Claim, consumer: str, lease_ms: int) -> bool:
         """Graceful shutdown: mark our entry idle past the lease so another worker takes it now."""
         return bool(self._release(keys=[self.keys.job(claim.job_id), self.keys.stream],
                                   args=[claim.fence, GROUP, consumer, claim.entry_id, lease_ms * 10]))
+
+    def requeue(self, claim: Claim, consumer: str, *, lease_ms: int, ttl_s: int, max_requeues: int) -> bool:
+        """Hand a job whose files could not be stored back to the queue (see the module doc);
+        past `max_requeues` it fails with `storage_unavailable`. False when fenced out."""
+        job = self.get(claim.job_id)
+        if job is None:
+            return False
+        k = self.keys
+        out = self._requeue(keys=[k.job(claim.job_id), k.stream, k.queued, k.owner_active(job.owner), k.expiry],
+                            args=[claim.job_id, claim.fence, GROUP, consumer, claim.entry_id, lease_ms * 10,
+                                  max_requeues, now_ms(), ttl_s])
+        if out == 2:
+            self.metrics.count("jobs_finished_total", JobStatus.FAILED)
+        elif out == 1:
+            self.metrics.count("jobs_requeued_total")
+        return bool(out)
 
     def complete(self, claim: Claim, ttl_s: int, fields: dict[str, object]) -> bool:
         """Completed, with the result's fields (jobs.completion); False when fenced out."""
@@ -330,33 +515,55 @@ class JobStore:
                             hash_args(**fields, artifact_fence=claim.fence))
 
     def fail(self, claim: Claim, ttl_s: int, code: str, message: str) -> bool:
-        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message[:2000]))
+        # the message may quote what the engine could not take (a lone surrogate): keep it storable
+        message = message[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+        return self._finish(claim, JobStatus.FAILED, ttl_s, hash_args(error_code=code, error_message=message),
+                            (code, message))
 
-    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str]) -> bool:
+    def _finish(self, claim: Claim, status: JobStatus, ttl_s: int, args: list[str],
+                error: tuple[str, str] | None = None) -> bool:
         job = self.get(claim.job_id)
         if job is None:
             return False
         k = self.keys
-        ok = bool(self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
-                               args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args]))
+        pipe = self.redis.pipeline(transaction=True)
+        self._settle(keys=[k.job(claim.job_id), k.stream, k.owner_active(job.owner), k.expiry],
+                     args=[claim.job_id, claim.fence, status, now_ms(), ttl_s, GROUP, *args], client=pipe)
+        self.notices.ended(pipe, k.job(claim.job_id), claim.job_id, job.webhook_urls or [], fence=claim.fence,
+                           error=error)
+        ok = bool(pipe.execute()[0])
         if ok:
             self.metrics.count("jobs_finished_total", status)
         return ok
 
-    def state(self, job_ids: list[str]) -> dict[str, JobState]:
-        """Status and fence per job, one round trip."""
-        pipe = self.redis.pipeline()
+    def _queue_states(self, pipe: redis.client.Pipeline, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), "status", "fence")
-        return {job_id: JobState(JobStatus(status) if status else None, int(fence) if fence else None)
-                for job_id, (status, fence) in zip(job_ids, pipe.execute(), strict=True)}
+            pipe.hmget(self.keys.job(job_id), "status", "fence", "artifact_fence")
 
-    def heartbeat(self, worker: str) -> None:
+    def state(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Status, fence and accepted attempt per job, one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_states(pipe, job_ids)
+        return {job_id: JobState.parse(*values) for job_id, values in zip(job_ids, pipe.execute(), strict=True)}
+
+    def heartbeat(self, worker: str, storage_ok: bool = True) -> None:
+        """The worker is alive; `storage_ok` False while it cannot store videos (not ready)."""
         now = time.time()
+        k = self.keys
         pipe = self.redis.pipeline()
-        pipe.zadd(self.keys.workers, {worker: now})
-        pipe.zremrangebyscore(self.keys.workers, "-inf", now - 86400)  # forget workers gone for a day
+        pipe.zadd(k.workers, {worker: now})
+        if storage_ok:
+            pipe.zrem(k.workers_storage_down, worker)
+        else:
+            pipe.zadd(k.workers_storage_down, {worker: now})
+        for key in (k.workers, k.workers_storage_down):
+            pipe.zremrangebyscore(key, "-inf", now - 86400)  # forget workers gone for a day
         pipe.execute()
 
-    def fresh_workers(self, max_age_s: float) -> int:
-        return self.redis.zcount(self.keys.workers, time.time() - max_age_s, "+inf")
+    def worker_counts(self, max_age_s: float) -> tuple[int, int]:
+        """(workers with a fresh heartbeat, those of them that can store videos)."""
+        pipe = self.redis.pipeline()
+        pipe.zrangebyscore(self.keys.workers, time.time() - max_age_s, "+inf")
+        pipe.zrange(self.keys.workers_storage_down, 0, -1)
+        fresh, down = pipe.execute()
+        return len(fresh), len(set(fresh) - set(down))

@@ -1,7 +1,7 @@
 """The expert: a FLUX-style MM-DiT, checkpoint-compatible with Open-Sora v2's `MMDiTModel`
 (same config field names, unfused state-dict keys, rotate-half RoPE over (t, h, w))."""
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -108,11 +108,15 @@ class MMDiT(nn.Module):
     def num_blocks(self) -> int:
         return len(self.double_blocks) + len(self.single_blocks)
 
-    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None):
-        return self.final(self.run_blocks(self.embed(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)))
+    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, blocks=None):
+        """`blocks` replaces the pass over the blocks (default `run_blocks`: every block for every
+        row); step caching passes its own (pipeline/step_cache.py). It runs inside this call, so
+        hooks on the expert and its blocks (block streaming: pipeline/residency/streaming.py)
+        see one forward either way."""
+        h = self.embed(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)
+        return self.final((blocks or self.run_blocks)(h))
 
-    # The forward in parts, so that step caching (pipeline/step_cache.py) can run the blocks
-    # for some rows only.
+    # The forward in parts, so that step caching can run the blocks for some rows only.
     def embed(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None) -> Hidden:
         x = self.img_in(img)
         if self.config.cond_embed and cond is not None:
@@ -124,20 +128,26 @@ class MMDiT(nn.Module):
     def modulated_input(self, h: Hidden) -> torch.Tensor:
         """What the first block's image attention reads: the image tokens normalised and
         modulated by the conditioning vector (timestep + text). Step caching watches how it
-        changes between steps (TeaCache's signal); it costs one linear on the vector per row."""
+        changes between steps (TeaCache's signal); it costs one linear on the vector per row.
+        When the expert streams its blocks, block 0 sits in the host slab outside its own pass:
+        its modulation weights (a sixth of the block) come to the vector's device for this linear."""
         block = self.double_blocks[0]
-        mod, _ = block.img_mod(h.vec)
+        weights = {name: t.to(h.vec.device) for name, t in block.img_mod.named_parameters()}
+        mod, _ = torch.func.functional_call(block.img_mod, weights, (h.vec,))
         return mod.apply(block.img_norm1(h.img))
 
     def run_blocks(self, h: Hidden) -> Hidden:
-        """Every block: the double-stream blocks, then the single-stream blocks over [txt; img]."""
-        img, txt = h.img, h.txt
+        """Every block: the double-stream blocks, then the single-stream blocks over [txt; img].
+        Updates `h` in place and returns it: each block's output replaces its input there, so no
+        activation outlives the block that reads it (the caller holds `h` all along)."""
         for block in self.double_blocks:
-            img, txt = block(img, txt, h.vec, h.cos, h.sin)
-        x = torch.cat((txt, img), dim=1)
+            h.img, h.txt = block(h.img, h.txt, h.vec, h.cos, h.sin)
+        x = torch.cat((h.txt, h.img), dim=1)
+        h.img = None
         for block in self.single_blocks:
             x = block(x, h.vec, h.cos, h.sin)
-        return replace(h, img=x[:, txt.shape[1] :], txt=x[:, : txt.shape[1]])
+        h.img, h.txt = x[:, h.txt.shape[1] :], x[:, : h.txt.shape[1]]
+        return h
 
     def final(self, h: Hidden) -> torch.Tensor:
         return self.final_layer(h.img, h.vec)

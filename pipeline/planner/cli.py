@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFolderError
-from ..residency import free_memory, parse_budget
 from .footprint import measure_footprint
-from .plan import Placement, Plan, PlanRefused, Target, default_host_memory, gib, make_plan
+from .plan import Placement, Plan, Target, gib, make_plan
+from .serving import budget_target
 
 
 def register(sub) -> None:
@@ -27,12 +27,11 @@ def register(sub) -> None:
 
 
 def target_from_args(args) -> Target:
-    if args.device_memory is None and not torch.cuda.is_available():
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = budget_target(device, args.device_memory, args.host_memory, args.reserve, args.max_batch)
+    if target is None:
         raise ValueError("no CUDA device here: give the device budget with --device-memory (e.g. 80GiB)")
-    device_memory = parse_budget(args.device_memory, "cpu") if args.device_memory else free_memory(torch.device("cuda"))
-    host_memory = parse_budget(args.host_memory, "cpu") if args.host_memory else default_host_memory()
-    reserve = parse_budget(args.reserve, "cpu") if args.reserve else None
-    return Target(device_memory, host_memory, max_batch=args.max_batch, reserve=reserve)
+    return target
 
 
 def run_plan(args) -> int:

@@ -96,7 +96,7 @@ class Footprint:
     weights: dict[str, int]  # component registry name -> device bytes
     weight_sources: dict[str, str]  # "safetensors" or "config"
     expert: ExpertCost
-    router_peak: int  # one router forward over max_batch requests
+    router_peak: int  # one router forward over max_batch requests (0: the model has no router)
     decode_peak: int  # one video
     decode_flops: int  # one video
     t5_peak: int  # 2 * max_batch texts
@@ -221,7 +221,8 @@ def measure_footprint(folder: str | Path, size: str | None = None, frames: int |
     resolve(manifest, GenerationRequest(prompt="plan", num_frames=frames, size=size))  # the model's limits, checked in one place
     named = components.named()
     measured = {name: weight_bytes(comp, folder / comp.path) for name, comp in named.items()}
-    modules = {name: meta_module(named[name], folder / named[name].path) for name in ("vae", "router", "t5", "clip")}
+    modules = {name: meta_module(named[name], folder / named[name].path) for name in ("vae", "router", "t5", "clip")
+               if name in named}
     expert = meta_module(components.experts[0], folder / components.experts[0].path)  # the engine runs every expert with expert 0's config
     vae = modules["vae"]
     configure_vae_decoding(vae)
@@ -241,7 +242,7 @@ def measure_footprint(folder: str | Path, size: str | None = None, frames: int |
         rows_per_request=3 if expert.config.cond_embed and components.dinov2 is not None else 2,
         weights={n: b for n, (b, _) in measured.items()}, weight_sources={n: s for n, (_, s) in measured.items()},
         expert=measure_expert(expert, shape),
-        router_peak=peak_bytes(lambda: router_forward(modules["router"], shape, max_batch)),
+        router_peak=peak_bytes(lambda: router_forward(modules["router"], shape, max_batch)) if "router" in modules else 0,
         decode_peak=decode_peak, decode_flops=decode_flops.get_total_flops(),
         t5_peak=peak_bytes(lambda: t5_encode(modules["t5"], shape, texts)),
         clip_peak=peak_bytes(lambda: clip_encode(modules["clip"], clip_tokens, texts)),

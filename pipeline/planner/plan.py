@@ -19,19 +19,17 @@ for each batch of new prompts), and more videos decoded at once only where they 
 another phase already needs.
 """
 
-import os
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from ..engine import CACHE_ENTRIES
 from .footprint import Footprint
 
 GiB = 2**30
 MIN_RESERVE = 2 * GiB  # cuBLAS and cuDNN workspaces, and allocator fragmentation on small devices
 RESERVE_SHARE = 0.05  # allocator fragmentation grows with the pool
-HOST_SHARE = 0.9  # of the machine's RAM, leaving the rest to the OS, Python and Redis
 ON_DEMAND_ENCODERS = ("t5", "clip", "dinov2")  # the engine needs them only while encoding
 WINDOW_BLOCKS = 3  # one block computing, two in flight: hides the copy wherever compute can
-CACHE_ENTRIES = 256  # the engine's EmbeddingCache size
 
 
 class Placement(StrEnum):
@@ -53,10 +51,6 @@ def device_budget(device_memory: int, reserve: int | None = None) -> int:
     given defaults to the free memory at start (`torch.cuda.mem_get_info`), so what other
     processes hold is never counted on."""
     return device_memory - (default_reserve(device_memory) if reserve is None else reserve)
-
-
-def default_host_memory() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * HOST_SHARE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +75,10 @@ class Plan:
     rows_per_forward: int  # the engine splits a larger group of rows into forwards of this many
     decodes_at_once: int
     cache_entries: int
+
+    @property
+    def resident(self) -> list[str]:
+        return [n for n, p in self.placement.items() if p is Placement.RESIDENT]
 
     @property
     def streamed(self) -> list[str]:
@@ -114,6 +112,17 @@ class Plan:
         time (pageable) before it is pinned or moved."""
         kept = [self.footprint.weights[n] for n, p in self.placement.items() if p is not Placement.RESIDENT]
         return sum(kept) + max(self.footprint.weights.values())
+
+    @property
+    def weight_budget(self) -> int:
+        """What the residency may fill with weights (resident, window, and an encoder brought in):
+        the budget less the embeddings and the largest phase, which are never counted on for weights."""
+        return self.budget - self.embedding_bytes - self.phases[self.largest_phase]
+
+    @property
+    def pinned_budget(self) -> int:
+        """Host memory for pinned copies: the host budget less one component being read."""
+        return self.target.host_memory - max(self.footprint.weights.values())
 
     @property
     def budget(self) -> int:
@@ -160,7 +169,7 @@ class Plan:
             "embedding_bytes": self.embedding_bytes,
             "activation_peak_by_rows": self.activation_peaks,
             "decode_peak_per_video": f.decode_peak, "phases": self.phases, "largest_phase": self.largest_phase,
-            "device_bytes": self.device_bytes, "host_bytes": self.host_bytes,
+            "device_bytes": self.device_bytes, "weight_budget": self.weight_budget, "host_bytes": self.host_bytes,
             "device_headroom": self.budget - self.device_bytes,
         }
 
@@ -168,7 +177,7 @@ class Plan:
 def least_plan(footprint: Footprint, target: Target) -> Plan:
     """What any plan needs: experts streamed, encoders on demand, one request's rows per
     forward, one video decoded at a time, a cache as large as one batch of texts."""
-    placement = {n: Placement.RESIDENT for n in ("vae", "router")}
+    placement = {n: Placement.RESIDENT for n in ("vae", "router") if n in footprint.weights}
     placement |= {n: Placement.ON_DEMAND for n in ON_DEMAND_ENCODERS if n in footprint.weights}
     placement |= {n: Placement.STREAMED for n in footprint.expert_names}
     return Plan(footprint, target, placement, rows_per_forward=footprint.rows_per_request, decodes_at_once=1,
@@ -176,11 +185,17 @@ def least_plan(footprint: Footprint, target: Target) -> Plan:
 
 
 def gib(n: int) -> str:
-    return f"{n / GiB:.2f} GiB"
+    """Bytes in GiB; below a tenth of one (a test model's sizes) in the unit that shows them."""
+    if abs(n) >= GiB // 10:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 2**20:.2f} MiB" if abs(n) >= 2**20 // 10 else f"{n} bytes"
 
 
 def device_refusal(plan: Plan) -> str:
     f, t = plan.footprint, plan.target
+    if plan.budget <= 0:
+        return (f"{gib(t.device_memory)} of device memory is no more than the {gib(t.held_back)} held in reserve"
+                f" (--reserve; by default 5% of the device memory, at least {gib(MIN_RESERVE)})")
     phase = plan.largest_phase
     need = gib(plan.phases[phase])
     what = {"denoise": f"one expert forward ({plan.rows_per_forward} rows) needs {need} of activations",
@@ -189,7 +204,7 @@ def device_refusal(plan: Plan) -> str:
             "encode image": f"encoding first frames needs {need}"}[phase]
     return (f"{gib(t.device_memory)} of device memory cannot serve one {f.shape.label} request: {what}"
             f" + {gib(plan.window_bytes)} streaming window ({t.window_blocks} blocks)"
-            f" + {gib(plan.resident_bytes)} resident weights (vae, router) + {gib(plan.embedding_bytes)} text embeddings"
+            f" + {gib(plan.resident_bytes)} resident weights ({', '.join(plan.resident)}) + {gib(plan.embedding_bytes)} text embeddings"
             f" = {gib(plan.device_bytes)}, and {gib(t.held_back)} is held in reserve; the budget leaves"
             f" {gib(plan.budget - plan.device_bytes + plan.phases[phase])} for the {phase} phase")
 

@@ -1,4 +1,5 @@
-"""/health (liveness), /ready (Redis reachable and a fresh worker heartbeat), /metrics."""
+"""/health (liveness: this process, and the embedded Valkey it supervises), /ready (Redis reachable
+and a fresh heartbeat of a worker that can store videos), /metrics."""
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
@@ -11,7 +12,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health():
+async def health(services: ServicesDep):
+    if services.valkey is not None and not await run_in_threadpool(services.valkey.alive):
+        return error_response(503, "The embedded Valkey is down; it is being restarted.", code="valkey_down")
     return {"status": "ok"}
 
 
@@ -19,11 +22,14 @@ def health():
 async def ready(store: StoreDep, settings: SettingsDep):
     if not await run_in_threadpool(store.ping):
         return error_response(503, "Redis is not reachable.", code="redis_unavailable")
-    workers = await run_in_threadpool(store.fresh_workers, settings.heartbeat_ttl_s)
+    workers, storing = await run_in_threadpool(store.worker_counts, settings.heartbeat_ttl_s)
     if workers == 0:
         return error_response(503, f"No worker heartbeat in the last {settings.heartbeat_ttl_s:g} s.",
                               code="no_workers")
-    return {"status": "ready", "workers": workers}
+    if storing == 0:
+        return error_response(503, "No worker can store videos (artifact storage is failing); jobs wait in the "
+                              "queue until it works again.", code="storage_unavailable")
+    return {"status": "ready", "workers": storing}
 
 
 @router.get("/metrics", dependencies=[Depends(require_owner)])

@@ -8,49 +8,60 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 
-from ..artifacts import VARIANTS
 from ..bodies import read_create_video
-from ..dependencies import ArtifactsDep, ManifestDep, Owner, SettingsDep, StoreDep, Videos
+from ..dependencies import ArtifactsDep, Owner, ServicesDep, SettingsDep, StoreDep, Videos
 from ..errors import APIError
-from ..intake import resolve_create
+from ..intake import fingerprint, resolve_create
 from ..jobs import Job, JobStatus, new_job_id
 from ..schemas import Video, VideoDeleted, VideoList
 from ..store import JobStore
+from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 log = logging.getLogger("paris.api")
 
 
 def _video(job: Job, store: JobStore) -> Video:
-    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None)
+    return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None,
+                          store.notices.deliveries(job.id) if job.webhook_urls else None)
 
 
 @router.post("/videos", response_model=Video)
-async def create_video(request: Request, owner: Owner, settings: SettingsDep, manifest: ManifestDep,
-                       store: StoreDep, artifacts: ArtifactsDep,
+async def create_video(request: Request, owner: Owner, services: ServicesDep,
                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
-    body, image_bytes = await read_create_video(request, settings.max_upload_bytes)
-    resolved = resolve_create(body, image_bytes, manifest, settings)
-    job = Job.new(new_job_id(), owner, manifest.name, resolved)
-    if resolved.image is not None:
-        path = artifacts.input_path(job.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await run_in_threadpool(resolved.image.save, path, "PNG")
-    outcome, job_id = await run_in_threadpool(
+    settings, store, artifacts = services.settings, services.store, services.artifacts
+    body, image_bytes = await read_create_video(request, settings.max_upload_bytes, settings.body_timeout_s)
+    image = None
+    if image_bytes is not None:
+        image = await services.image_slots.run(load_image, image_bytes, services.image_limits)
+    resolved = resolve_create(body, image, services.manifest)
+    webhook_urls = await run_in_threadpool(services.webhooks.urls_for, body.webhook_url)
+    job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
+    if image is not None:
+        await services.image_slots.run(artifacts.write_input, job.id, image)
+    outcome, found = await run_in_threadpool(
         store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
-        idem_ttl_s=settings.job_ttl_s)
-    if outcome != "created" and resolved.image is not None:
-        artifacts.remove(job.id)
+        fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
+        client=None if services.keys.enabled else _client_address(request))
+    if outcome != "created" and image is not None:
+        await run_in_threadpool(artifacts.remove, job.id)
     if outcome == "limit":
-        raise APIError(429, f"This key already has {settings.max_active_jobs_per_key} queued or running jobs; "
+        who = "This key" if services.keys.enabled else "This client"
+        raise APIError(429, f"{who} already has {settings.max_active_jobs_per_key} queued or running jobs; "
                             "wait for one to finish.", code="too_many_queued_jobs",
                        headers={"Retry-After": str(max(1, settings.poll_after_ms // 1000 * 5))})
-    log.info(json.dumps({"event": "job_created" if outcome == "created" else "job_idempotent_hit", "job": job_id,
+    if outcome == "conflict":
+        raise APIError(409, "This Idempotency-Key was already used with a different request; send the same "
+                            "request to get its job, or use a new key.", code="idempotency_key_reused")
+    log.info(json.dumps({"event": "job_created" if outcome == "created" else "job_idempotent_hit", "job": found.id,
                          "owner": owner, "frames": resolved.num_frames, "size": resolved.size,
                          "steps": resolved.num_inference_steps}))
-    return _video(store.get(job_id), store)
+    return await run_in_threadpool(_video, found, store)
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.get("/videos", response_model=VideoList)
@@ -79,18 +90,17 @@ def video_trace(video_id: str, videos: Videos):
 
 
 @router.get("/videos/{video_id}/content")
-def video_content(video_id: str, videos: Videos, artifacts: ArtifactsDep,
+def video_content(video_id: str, request: Request, videos: Videos, artifacts: ArtifactsDep,
                   variant: Literal["video", "thumbnail", "spritesheet"] = "video"):
     job = videos.get(video_id)
     if job.status is not JobStatus.COMPLETED:
         raise APIError(404, f"Video '{video_id}' is not ready (status {job.status}, progress {job.progress}%).",
                        param="video_id", code="video_not_ready")
-    path = artifacts.variant_path(video_id, job.artifact_fence, variant)
-    if not path.is_file():
+    try:
+        return artifacts.response(video_id, job.artifact_fence, variant, request.headers.get("range"))
+    except FileNotFoundError:
         raise APIError(404, f"The {variant} of video '{video_id}' is missing from the artifact store.",
-                       param="variant", code="video_not_ready")
-    filename, media_type = VARIANTS[variant]
-    return FileResponse(path, media_type=media_type, filename=f"{video_id}.{filename.rsplit('.', 1)[1]}")
+                       param="variant", code="video_not_ready") from None
 
 
 @router.post("/videos/{video_id}/cancel", response_model=Video)

@@ -1,24 +1,39 @@
-"""Predicted time per denoising step and per video of Paris 2.0 at real size, under the residency
-plan `paris plan` makes for each device budget. ESTIMATES, not measurements: FLOPs and bytes
-come from meta-device runs of the real modules on weights/paris-2's configs (no weights, no GPU);
-seconds come from the constants printed with them.
+"""Predicted time per video of Paris 2.0 at real size, under the residency plan `paris plan` makes
+for each device budget. ESTIMATES, not measurements: the engine's own pieces run on the meta
+device with weights/paris-2's configs (no weights, no GPU), and seconds come from the constants
+printed with them.
 
 Cases: 256x256 at 129 and 33 frames; 1 and 8 concurrent text-to-video requests (2 CFG rows
-each); device budgets of 141, 80, 48 and 24 GiB (host memory assumed ample, HOST_MEMORY).
+each), arriving together; device budgets of 141, 80, 48 and 24 GiB (host memory ample).
 
-Model of a step. Each request's router picks one expert per step; which one is not known
-without weights, so each pick is taken as uniform and independent, and a step's time is the
-expectation over how the requests' rows fall on the experts. An expert with rows runs one
-forward per `rows_per_forward` rows:
-- resident: its FLOPs at PEAK_BF16 * MFU;
-- streamed: its blocks (the stem first) are copied from pinned host memory at H2D_BYTES_PER_S on
-  a side stream while earlier blocks compute; a copy waits for a free slot in the plan's window
-  (window_blocks blocks on the device at once) and a block computes once its copy is in and the
-  block before it is done, so each block costs max(compute, copy) after the first copy (not
-  hidden: the prefetch across experts is not modelled).
-Per video: all requests arrive together; T5 is copied in once when the plan keeps it on the host;
-then 50 steps; then the videos decode at the same MFU.
-Compute-only: the same work with every weight resident and no copy.
+What runs, per case:
+- the planner (pipeline/planner) measures the model and makes the plan for the budget: which
+  experts stay resident, which stream and with what window, rows per forward;
+- `Residency("meta")` holds the three experts (built on the meta device) as the plan places
+  them: resident ones placed before the clock starts (a warm server), streamed ones passing
+  block by block through the window by the residency's own hooks;
+- `ExpertScheduler` decides every tick which requests advance, in which order the experts run
+  and what is prefetched; routing is top-1, uniform and seeded (the router needs weights);
+- every expert pass is the real forward on meta tensors under FlopCounterMode.
+`Timeline`, the residency's transfer backend here, turns what the residency issues into time as
+CUDA would run it (see pipeline/residency/transfers.py and cuda.py): a compute stream running
+FLOPs at PEAK_BF16 * MFU; a copy stream at H2D_BYTES_PER_S; a copy issued ahead starts once the
+copy stream is free and the compute issued before it is done (its buffer is taken on the compute
+stream); the compute stream waits for a copy before reading it. Bytes moved are the residency's
+counters.
+
+A meta forward of the 11B expert costs about a second of Python and a case runs up to 150 passes,
+so each kind of pass (resident or streamed, per clip size) runs once, at one row, with what it
+issues recorded; the others replay the recording with its compute scaled by their rows (every op
+of a forward is per row: FLOPs are linear in rows) and count the bytes the recorded pass moved.
+The smoke test checks a replay against a real pass on a tiny expert.
+
+Compute-only: the same passes' FLOPs at the same rate, every weight resident, nothing copied.
+Per video: the batch's T5 copy when the plan keeps T5 on the host, the denoising, the decodes
+(compute-bound, at the same MFU), divided by the number of videos. `estimate` runs the engine's
+default scheduler; where experts stream and several requests share a tick,
+`estimate_gathering_streamed_rows` runs it again with `stream_batch` set to `gathering()`: the
+requests a streamed pass needs for its compute to cover its copy.
 
 Run: python -m tests.benchmarks.real_size [--quick] [--mfu 0.45]
 """
@@ -26,10 +41,20 @@ Run: python -m tests.benchmarks.real_size [--quick] [--mfu 0.45]
 import argparse
 import json
 import math
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.planner.footprint import Footprint, measure_footprint
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.manifest import read_manifest
+from pipeline.planner.footprint import ClipShape, Footprint, expert_forward, measure_footprint
+from pipeline.planner.meta import meta_module
 from pipeline.planner.plan import GiB, Placement, Plan, PlanRefused, Target, make_plan
+from pipeline.residency import Residency
+from pipeline.residency.transfers import Transfers
+from pipeline.scheduler import ExpertScheduler, RequestNeeds
 
 MODEL = Path(__file__).resolve().parents[2] / "weights" / "paris-2"
 PEAK_BF16 = 989e12  # H100 SXM, dense bf16 tensor-core FLOP/s (NVIDIA's datasheet)
@@ -47,64 +72,200 @@ FRAMES = (129, 33)
 REQUESTS = (1, 8)
 BUDGETS_GIB = (141, 80, 48, 24)
 TARGETS = {80: 1.05, 48: 1.10}  # issue 12: 129 frames, predicted time / compute-only time
+MAX_WAIT = 24  # the engine's default fairness bound
+SEED = 0
 
 
-def binomial(n: int, p: float) -> list[float]:
-    return [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+@dataclass
+class _Pending:
+    done: float  # when the copy ends
+    index: int | None  # its place in the recording, while one is made
 
 
-def streamed_pass_seconds(footprint: Footprint, rows: int, window: int, flop_rate: float) -> float:
-    """One forward of a streamed expert over `rows` rows: copies and computes pipelined through
-    a window of `window` blocks (the stem travels as the first block)."""
-    e = footprint.expert
-    stem_flops = e.flops_per_row.total - sum(e.block_flops_per_row)
-    blocks = [(e.stem_bytes, stem_flops), *zip(e.block_bytes, e.block_flops_per_row)]
-    copy_end, compute_end = [], []
-    for i, (nbytes, flops) in enumerate(blocks):
-        slot_free = compute_end[i - window] if i >= window else 0.0
-        copy_end.append(max(copy_end[-1] if copy_end else 0.0, slot_free) + nbytes / H2D_BYTES_PER_S)
-        compute_end.append(max(compute_end[-1] if compute_end else 0.0, copy_end[i]) + flops * rows / flop_rate)
-    return compute_end[-1]
+class Timeline(Transfers):
+    """The residency's copies on the meta device, as time on two CUDA streams."""
+
+    overlaps = True
+
+    def __init__(self, flop_rate: float, copy_rate: float):
+        super().__init__(torch.device("meta"))
+        self.flop_rate, self.copy_rate = flop_rate, copy_rate
+        self.compute_end = 0.0  # the compute stream is done with everything issued to it
+        self.copy_end = 0.0  # the copy stream is done
+        self._counter: FlopCounterMode | None = None  # the FLOPs of the forward being recorded
+        self._counted = 0
+        self._ops: list | None = None
+
+    def copy(self, dst, src) -> None:  # on the compute stream: it holds the compute stream and the bus
+        self._catch_up()
+        self._log("copy", dst.numel())
+
+    def ahead(self, pairs) -> _Pending:
+        self._catch_up()
+        index = None if self._ops is None else len(self._ops)
+        return _Pending(self._log("ahead", sum(dst.numel() for dst, _ in pairs)), index)
+
+    def wait(self, pending: _Pending | None) -> None:
+        if pending is not None:
+            self._catch_up()
+            self._run("wait", pending.done)
+            if self._ops is not None:
+                self._ops.append(("wait", pending.index))
+
+    def _catch_up(self) -> None:
+        """The compute issued since the last operation, from the running FLOP count."""
+        if self._counter is not None:
+            total = self._counter.get_total_flops()
+            self._log("compute", total - self._counted)
+            self._counted = total
+
+    def _log(self, kind: str, amount: float) -> float:
+        if self._ops is not None:
+            self._ops.append((kind, amount))
+        return self._run(kind, amount)
+
+    def _run(self, kind: str, amount: float) -> float:
+        if kind == "compute":
+            self.compute_end += amount / self.flop_rate
+        elif kind == "copy":
+            self.compute_end = self.copy_end = max(self.compute_end, self.copy_end) + amount / self.copy_rate
+        elif kind == "ahead":
+            self.copy_end = max(self.copy_end, self.compute_end) + amount / self.copy_rate
+            return self.copy_end
+        else:  # wait
+            self.compute_end = max(self.compute_end, amount)
+        return self.compute_end
+
+    def record(self, forward) -> list[tuple[str, float]]:
+        """Runs `forward()` with its FLOPs counted; returns what it issued, in order, and leaves
+        the clocks as they were."""
+        clocks = self.compute_end, self.copy_end
+        self._ops, self._counted = [], 0
+        with FlopCounterMode(display=False) as counter:
+            self._counter = counter
+            forward()
+            self._catch_up()
+        self._counter = None
+        ops, self._ops = self._ops, None
+        self.compute_end, self.copy_end = clocks
+        return ops
+
+    def replay(self, ops: list[tuple[str, float]], rows: int) -> None:
+        """A recorded one-row forward again, at `rows` rows."""
+        done = {}
+        for i, (kind, amount) in enumerate(ops):
+            if kind == "wait":
+                self._run("wait", done[amount])
+            else:
+                done[i] = self._run(kind, amount * rows if kind == "compute" else amount)
 
 
-def expert_seconds(plan: Plan, name: str, rows: int, flop_rate: float) -> tuple[float, int]:
-    """(seconds, bytes copied) for one expert's rows in one step."""
-    if rows == 0:
-        return 0.0, 0
+@dataclass
+class _Recording:
+    ops: list[tuple[str, float]]
+    flops_per_row: int
+    moved: int  # bytes the pass copied to the device, from the residency's counters
+
+
+class Passes:
+    """Expert forwards at one clip shape: each kind (resident, streamed) recorded once, at one
+    row, then replayed."""
+
+    def __init__(self, shape: ClipShape):
+        self.shape = shape
+        self._recordings: dict[bool, _Recording] = {}
+
+    def run(self, residency: Residency, timeline: Timeline, module, streamed: bool, rows: int) -> tuple[int, int]:
+        """One pass of `rows` rows on the timeline; (FLOPs, bytes moved that the residency's
+        counters did not see: those of replayed passes)."""
+        replayed = streamed in self._recordings
+        if not replayed:
+            before = residency.stats.bytes_to_device
+
+            def forward():  # no_grad: on meta, an inference tensor cannot become a parameter's data
+                with torch.no_grad(), torch.device("meta"):
+                    expert_forward(module, self.shape, 1)
+
+            ops = timeline.record(forward)
+            flops = sum(amount for kind, amount in ops if kind == "compute")
+            self._recordings[streamed] = _Recording(ops, flops, residency.stats.bytes_to_device - before)
+        recording = self._recordings[streamed]
+        timeline.replay(recording.ops, rows)
+        return recording.flops_per_row * rows, recording.moved if replayed else 0
+
+
+def gathering(footprint: Footprint, flop_rate: float) -> int:
+    """Requests a streamed pass must serve for its compute to cover its copy (the scheduler's
+    stream_batch): the expert's bytes at H2D_BYTES_PER_S over one row's FLOPs at flop_rate."""
+    copy_s = footprint.weights[footprint.expert_names[0]] / H2D_BYTES_PER_S
+    row_s = footprint.expert.flops_per_row.total / flop_rate
+    return math.ceil(math.ceil(copy_s / row_s) / ROWS_PER_REQUEST)
+
+
+def expert_builder(folder: Path):
+    components = read_manifest(folder).components
+    return lambda: meta_module(components.experts[0], folder / components.experts[0].path)  # the engine runs every expert with expert 0's config
+
+
+def simulate(plan: Plan, requests: int, passes: Passes, flop_rate: float, stream_batch: int, build) -> dict:
+    """The denoising of `requests` requests arriving together, tick by tick (see the module docstring)."""
     f = plan.footprint
-    if plan.placement[name] is Placement.RESIDENT:
-        return f.expert.flops_per_row.total * rows / flop_rate, 0
-    passes, seconds = math.ceil(rows / plan.rows_per_forward), 0.0
-    for i in range(passes):
-        seconds += streamed_pass_seconds(f, min(plan.rows_per_forward, rows - i * plan.rows_per_forward),
-                                         plan.target.window_blocks, flop_rate)
-    return seconds, passes * f.weights[name]
-
-
-def estimate(plan: Plan, requests: int, flop_rate: float) -> dict:
-    f = plan.footprint
-    experts = f.expert_names
-    chance = binomial(requests, 1 / len(experts))  # requests routed to one given expert
-    step_s = bytes_per_step = compute_s = 0.0
-    for name in experts:
-        for k, p in enumerate(chance):
-            seconds, moved = expert_seconds(plan, name, ROWS_PER_REQUEST * k, flop_rate)
-            step_s += p * seconds
-            bytes_per_step += p * moved
-            compute_s += p * f.expert.flops_per_row.total * ROWS_PER_REQUEST * k / flop_rate
+    names = f.expert_names
+    timeline = Timeline(flop_rate, H2D_BYTES_PER_S)
+    resident = [n for n in names if plan.placement[n] is Placement.RESIDENT]
+    residency = Residency("meta", budget_bytes=sum(f.weights[n] for n in resident), host_budget_bytes=HOST_MEMORY,
+                          streamed={n: plan.target.window_blocks for n in plan.streamed}, transfers=timeline)
+    for name in names:
+        residency.register(name, build, f.weights[name])
+    for name in names:
+        residency.get(name)  # resident ones placed, streamed ones read to the host: a warm server
+    timeline.compute_end = timeline.copy_end = 0.0
+    moved = -residency.stats.bytes_to_device
+    scheduler = ExpertScheduler(MAX_WAIT, stream_batch=stream_batch)
+    rng = random.Random(SEED)
+    active = {f"r{i}": {"step": 0, "waited": 0, "expert": names[rng.randrange(len(names))]} for i in range(requests)}
+    ticks = flops = streamed_passes = streamed_rows = 0
+    while active:
+        tick = scheduler.schedule([RequestNeeds(j, frozenset({s["expert"]}), s["waited"]) for j, s in active.items()],
+                                  residency)
+        for key in tick.expert_order:
+            rows = ROWS_PER_REQUEST * sum(active[j]["expert"] == key for j in tick.advance)
+            module = residency.get(key, tick.demand)
+            if key in tick.prefetch:
+                residency.prefetch(tick.prefetch[key], protect=set(tick.demand))
+            for start in range(0, rows, plan.rows_per_forward):
+                chunk = min(plan.rows_per_forward, rows - start)
+                pass_flops, unseen = passes.run(residency, timeline, module, key in tick.streamed, chunk)
+                flops += pass_flops
+                moved += unseen
+                if key in tick.streamed:
+                    streamed_passes += 1
+                    streamed_rows += chunk
+        for job_id, s in list(active.items()):
+            if job_id not in tick.advance:
+                s["waited"] += 1
+                continue
+            s["step"], s["waited"] = s["step"] + 1, 0
+            if s["step"] == STEPS:
+                del active[job_id]
+            else:
+                s["expert"] = names[rng.randrange(len(names))]
+        ticks += 1
+    denoise_s = max(timeline.compute_end, timeline.copy_end)
+    moved += residency.stats.bytes_to_device
     decode_s = f.decode_flops / flop_rate
     t5_s = f.weights["t5"] / H2D_BYTES_PER_S if plan.placement["t5"] is Placement.ON_DEMAND else 0.0
-    batch_s = t5_s + STEPS * step_s + requests * decode_s  # decoding is compute-bound: together or apart, same time
-    compute_batch_s = STEPS * compute_s + requests * decode_s
+    videos_s = t5_s + denoise_s + requests * decode_s  # decoding is compute-bound: together or apart, same time
+    compute_videos_s = flops / flop_rate + requests * decode_s
     return {
-        "flops_per_step": round(f.expert.flops_per_row.total * ROWS_PER_REQUEST * requests),
-        "bytes_moved_per_step": round(bytes_per_step),
-        "step_s": round(step_s, 4), "compute_only_step_s": round(compute_s, 4),
-        "step_ratio": round(step_s / compute_s, 4),
+        "stream_batch": stream_batch, "ticks": ticks, "flops": flops, "bytes_to_device": moved,
+        "streamed_passes": streamed_passes,
+        "rows_per_streamed_pass": round(streamed_rows / streamed_passes, 2) if streamed_passes else None,
+        "denoise_s": round(denoise_s, 2), "compute_only_denoise_s": round(flops / flop_rate, 2),
+        "denoise_ratio": round(denoise_s * flop_rate / flops, 4),
         "t5_copy_s": round(t5_s, 3), "decode_s_per_video": round(decode_s, 3),
-        "all_videos_s": round(batch_s, 2), "per_video_s": round(batch_s / requests, 2),
-        "compute_only_all_videos_s": round(compute_batch_s, 2),
-        "video_ratio": round(batch_s / compute_batch_s, 4),
+        "all_videos_s": round(videos_s, 2), "per_video_s": round(videos_s / requests, 2),
+        "compute_only_all_videos_s": round(compute_videos_s, 2), "video_ratio": round(videos_s / compute_videos_s, 4),
     }
 
 
@@ -123,9 +284,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", type=Path, default=MODEL)
     args = parser.parse_args(argv)
     flop_rate = PEAK_BF16 * args.mfu
+    build = expert_builder(args.model)
     cases, targets = [], {}
     for frames in (33,) if args.quick else FRAMES:
         footprint = measure_footprint(args.model, frames=frames, max_batch=max(REQUESTS))
+        passes = Passes(footprint.shape)
+        batch = gathering(footprint, flop_rate)
         for budget in BUDGETS_GIB:
             try:
                 plan = make_plan(footprint, Target(budget * GiB, HOST_MEMORY, max_batch=max(REQUESTS)))
@@ -133,18 +297,22 @@ def main(argv=None) -> dict:
                 cases.append({"frames": frames, "budget_gib": budget, "refused": str(exc)})
                 continue
             for requests in REQUESTS:
-                predicted = estimate(plan, requests, flop_rate)
-                cases.append({"frames": frames, "budget_gib": budget, "requests": requests,
-                              "plan": plan_summary(plan), "estimate": predicted})
+                predicted = simulate(plan, requests, passes, flop_rate, 1, build)
+                case = {"frames": frames, "budget_gib": budget, "requests": requests, "plan": plan_summary(plan),
+                        "estimate": predicted}
+                if plan.streamed and batch > 1 and requests > 1:
+                    case["estimate_gathering_streamed_rows"] = simulate(plan, requests, passes, flop_rate, batch, build)
+                cases.append(case)
                 if frames == 129 and budget in TARGETS:
                     targets[f"129 frames, {budget} GiB, {requests} request(s)"] = {
                         "limit": TARGETS[budget], "estimate": predicted["video_ratio"],
                         "met": predicted["video_ratio"] <= TARGETS[budget]}
     result = {
-        "kind": "estimate (meta-device FLOP and byte counts x the constants below; not a measurement)",
+        "kind": "estimate (the engine's scheduler, residency and expert forwards on the meta device, FLOP and byte "
+                "counts x the constants below; not a measurement)",
         "constants": {"peak_bf16_flops": PEAK_BF16, "mfu": args.mfu, "h2d_bytes_per_s": H2D_BYTES_PER_S,
-                      "steps": STEPS, "rows_per_request": ROWS_PER_REQUEST, "routing": "top-1, uniform and independent per request and step",
-                      "host_memory": HOST_MEMORY},
+                      "steps": STEPS, "rows_per_request": ROWS_PER_REQUEST, "max_wait": MAX_WAIT,
+                      "routing": f"top-1, uniform, seeded ({SEED})", "host_memory": HOST_MEMORY},
         "cases": cases, "targets": targets,
     }
     print(json.dumps(result, indent=2))

@@ -118,6 +118,17 @@ def test_a_text_encoder_failure_fails_only_the_requests_with_new_texts(tiny_mode
     assert isinstance(events["warm"], Finished)
 
 
+def test_a_text_the_encoders_cannot_take_fails_only_its_own_request(tiny_model):
+    # a lone surrogate: the tokenizer refuses it; the other new texts in the same batch still encode
+    plain = GenerationRequest("a green square moving up", seed=8)
+    reference = alone(tiny_model, plain)
+    events = run_all(Engine(tiny_model), {0: [("poison", GenerationRequest("a red circle", seed=1, negative_prompt="\udfff")),
+                                              ("plain", plain), ("other", GenerationRequest("a blue circle", seed=2))]})
+    assert isinstance(events["poison"], Failed) and events["poison"].code == "encode_failed"
+    assert np.abs(frames(events, "plain") - reference).max() <= 1
+    assert isinstance(events["other"], Finished)
+
+
 def test_an_image_encoder_failure_fails_the_image_requests_only(tiny_model, monkeypatch):
     text_only = GenerationRequest("a red circle", seed=3)
     reference = alone(tiny_model, text_only)

@@ -8,6 +8,8 @@ from pipeline.engine import Engine
 from pipeline.loader import load_model
 from pipeline.request import GenerationRequest, resolve
 from pipeline.residency import Residency
+from pipeline.residency.slab import ALIGN
+from pipeline.residency.transfers import Transfers
 from tests.support.jobs import one_expert_budget, run_jobs as drive
 
 
@@ -29,14 +31,34 @@ def test_lazy_load_lru_eviction_and_demand_protection():
     assert sorted(r.resident()) == ["a", "b"]
     assert r.stats.evictions == {"a": 1, "c": 1}
     r.get("c")
-    assert r.stats.disk_loads["c"] == 2  # CPU: an evicted component is re-read from disk
-    assert r.stats.bytes_to_device == 50
+    assert r.stats.disk_loads["c"] == 1  # evicted to its host copy: no second read from disk
+    assert r.stats.bytes_to_device == 5 * 2 * ALIGN  # five loads of a weight and a bias, each in its aligned place
 
 
-def test_prefetch_is_a_no_op_on_cpu():
+class Overlapping(Transfers):
+    """The CPU twin, claiming overlap as CUDA's copies have it, so that prefetching runs."""
+
+    overlaps = True
+
+
+def test_prefetch_is_a_no_op_where_copies_cannot_overlap_compute():
     r = Residency("cpu", budget_bytes=20)
     r.register("a", fake(2), nbytes=10)
     assert r.prefetch("a", protect=set()) is False and not r.is_resident("a")
+
+
+def test_prefetch_places_what_fits_without_evicting_what_is_protected():
+    r = Residency("cpu", budget_bytes=20, transfers=Overlapping(torch.device("cpu")))
+    for name in "abc":
+        r.register(name, fake(2), nbytes=10)
+    r.get("a")
+    r.get("b")
+    assert r.prefetch("c", protect={"a", "b"}) is False and not r.is_resident("c")  # no room: nothing moved
+    assert r.prefetch("c", protect={"b"}) is True  # on a CPU the copy is done at once
+    assert r.resident() == ["b", "c"] and r.stats.prefetches == 1 and r.stats.device_loads["c"] == 1
+    assert r.prefetch("c", protect=set()) is False  # already there
+    r.get("c")
+    assert r.stats.device_loads["c"] == 1
 
 
 def one_expert_model(tiny_model_dir):

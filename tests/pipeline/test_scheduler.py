@@ -2,6 +2,7 @@
 
 import random
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -16,20 +17,26 @@ class FakeResidency:
     """A residency view in plain data: sizes, a byte budget, and an LRU of resident experts
     (the always-needed components stay resident)."""
 
-    def __init__(self, budget: int | None, resident: tuple[str, ...] = ()):
+    def __init__(self, budget: int | None, resident: tuple[str, ...] = (), streamed: tuple[str, ...] = ()):
         self.budget = budget
         self.experts = list(resident)  # least recently used first
+        self.streamed = streamed  # never placed: their blocks pass through a window apart from the budget
 
     def is_resident(self, name: str) -> bool:
         return name in ALWAYS or name in self.experts
 
+    def is_streamed(self, name: str) -> bool:
+        return name in self.streamed
+
     def fits(self, names: set[str]) -> bool:
-        return self.budget is None or sum(SIZES[n] for n in names) <= self.budget
+        return self.budget is None or sum(SIZES[n] for n in names if n not in self.streamed) <= self.budget
 
     def run(self, plan: TickPlan) -> int:
         """Load the plan's experts in order, evicting the least recently used; returns the loads."""
         loads = 0
         for key in plan.expert_order:
+            if key in self.streamed:
+                continue
             if key in self.experts:
                 self.experts.remove(key)
             else:
@@ -106,11 +113,13 @@ def test_no_requests_is_an_empty_plan():
         TickPlan(advance=(), expert_order=(), prefetch={}, demand=ALWAYS)
 
 
-def simulate(max_wait: int, max_batch: int, ticks: int, choose, steps: int = 6) -> tuple[int, int, int]:
+def simulate(max_wait: int, max_batch: int, ticks: int, choose, steps: int = 6, residency: FakeResidency | None = None,
+             stream_batch: int = 1, passes: Counter | None = None) -> tuple[int, int, int]:
     """A steady stream: a free slot is filled at once; `choose(request, step)` gives a request's
-    expert at a step. Returns (longest consecutive wait, requests finished, expert loads)."""
-    scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS)
-    residency = FakeResidency(ONE_EXPERT)
+    expert at a step. Returns (longest consecutive wait, requests finished, expert loads);
+    `passes`, if given, counts the ticks each expert runs in."""
+    scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS, stream_batch=stream_batch)
+    residency = residency or FakeResidency(ONE_EXPERT)
     active: dict[int, dict] = {}
     arrivals, longest, finished, loads = 0, 0, 0, 0
     for _ in range(ticks):
@@ -119,6 +128,8 @@ def simulate(max_wait: int, max_batch: int, ticks: int, choose, steps: int = 6) 
             arrivals += 1
         plan = scheduler.schedule([needs(str(i), r["expert"], waited=r["waited"]) for i, r in active.items()], residency)
         loads += residency.run(plan)
+        if passes is not None:
+            passes.update(plan.expert_order)
         for i, r in list(active.items()):
             if str(i) not in plan.advance:
                 r["waited"] += 1
@@ -163,6 +174,52 @@ def test_a_longer_max_wait_trades_waiting_for_fewer_loads():
     *_, short_loads = simulate(max_wait=1, max_batch=6, ticks=600, choose=by_cluster)
     long_wait, _, long_loads = simulate(max_wait=12, max_batch=6, ticks=600, choose=by_cluster)
     assert long_loads < short_loads and long_wait <= 12 + 6 - 1
+
+
+def test_streamed_experts_run_last_take_no_budget_and_nothing_is_prefetched_around_them():
+    requests = [needs("a", 0), needs("b", 1), needs("c", 2)]
+    residency = FakeResidency(ONE_EXPERT, resident=("expert_0",), streamed=("expert_2",))
+    plan = ExpertScheduler(max_wait=4, always_needed=ALWAYS).schedule(requests, residency)
+    assert plan.advance == ("a", "c")  # expert_1 does not fit beside expert_0; the streamed expert_2 needs no room
+    assert plan.expert_order == ("expert_0", "expert_2") and plan.streamed == {"expert_2"}
+    assert plan.prefetch == {}  # expert_1's copy would hold up expert_2's blocks
+    alone = ExpertScheduler(max_wait=4, always_needed=ALWAYS).schedule(requests[:2], residency)
+    assert alone.prefetch == {"expert_0": "expert_1"} and alone.streamed == frozenset()
+    everything = FakeResidency(None, resident=("expert_1",), streamed=("expert_0",))
+    plan = ExpertScheduler(max_wait=4, always_needed=ALWAYS).schedule(requests, everything)
+    assert plan.expert_order == ("expert_1", "expert_2", "expert_0") and plan.prefetch == {"expert_1": "expert_2"}
+
+
+def test_a_streamed_expert_with_few_requests_waits_for_more_while_others_advance():
+    residency = FakeResidency(None, streamed=("expert_2",))
+    scheduler = ExpertScheduler(max_wait=4, always_needed=ALWAYS, stream_batch=2)
+    assert scheduler.schedule([needs("a", 2), needs("b", 0), needs("c", 1)], residency).advance == ("b", "c")
+    assert scheduler.schedule([needs("a", 2), needs("b", 0), needs("d", 2)], residency).advance == ("a", "b", "d")
+    assert scheduler.schedule([needs("a", 2, waited=4), needs("b", 0)], residency).advance == ("a", "b")  # waited enough
+    assert scheduler.schedule([needs("a", 2), needs("c", 2, 1)], residency).advance == ("a", "c")  # two requests
+    assert scheduler.schedule([needs("a", 2)], residency).advance == ("a",)  # nothing else would run
+
+
+def test_gathering_serves_a_streamed_experts_rows_in_fewer_passes_within_the_fairness_bound():
+    max_wait, max_batch, ticks = 6, 6, 3000
+    rng = random.Random(1)
+    experts = {}
+
+    def routed(request, step):
+        return experts.setdefault((request, step), rng.randrange(3))
+
+    results = {}
+    for stream_batch in (1, 3):
+        passes = Counter()
+        longest, finished, _ = simulate(max_wait, max_batch, ticks, routed, residency=FakeResidency(None, streamed=("expert_2",)),
+                                        stream_batch=stream_batch, passes=passes)
+        results[stream_batch] = (longest, finished, passes["expert_2"])
+        assert longest <= max_wait + max_batch - 1
+    (_, finished_1, passes_1), (longest_3, finished_3, passes_3) = results[1], results[3]
+    # the same requests pass through expert_2 (a third of the steps), in fewer passes
+    steps_1, steps_3 = finished_1 * 6 / 3, finished_3 * 6 / 3
+    assert passes_3 / steps_3 < 0.7 * passes_1 / steps_1
+    assert longest_3 > 0 and finished_3 > 0.8 * finished_1  # it costs some waiting, little progress
 
 
 def test_the_scheduler_module_does_not_import_torch():

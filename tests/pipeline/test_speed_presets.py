@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.engine import Engine
+from pipeline.engine import Engine, MemoryLimits
 from pipeline.generate import generate
+from pipeline.loader import load_model
+from pipeline.manifest import expert_key
 from pipeline.request import GenerationRequest
 from pipeline.speed import PRESETS, CachePolicy, Speed, SpeedPreset
 from tests.pipeline.test_engine import OTHERS, run_all
@@ -86,8 +88,6 @@ def test_with_caching_a_request_gives_the_same_video_alone_and_batched(tiny_mode
 def paris_mini():
     if not (DEFAULT_MODEL / "model.json").is_file():
         pytest.skip("weights/paris-mini not built (run `make paris-mini`)")
-    from pipeline.loader import load_model
-
     return load_model(DEFAULT_MODEL)
 
 
@@ -100,3 +100,22 @@ def test_on_paris_mini_each_preset_skips_more_and_quality_none(paris_mini):
     assert quality.block_forwards_skipped == 0 and quality.row_forwards_skipped == 0
     assert quality.block_forwards > balanced.block_forwards > fast.block_forwards
     assert all(c.block_forwards + c.block_forwards_skipped == quality.block_forwards for c in results.values())
+
+
+def test_with_caching_streamed_experts_and_rows_per_forward_change_no_video(tiny_model, tiny_model_dir, monkeypatch):
+    """Each row decides alone, so neither block streaming (the cached forward is one call of the
+    expert: its hooks fire) nor a memory plan's rows_per_forward changes what a request gets."""
+    monkeypatch.setitem(PRESETS, Speed.FAST, SpeedPreset(CachePolicy(threshold=0.1, warmup=0.0, max_reuse=2), None))
+    jobs = [(f"j{i}", replace(r, speed="fast", num_inference_steps=8)) for i, r in enumerate(OTHERS[:4])]
+    resident = run_jobs(Engine(tiny_model, max_batch=4), jobs)
+    streamed_model = load_model(tiny_model_dir, streamed={expert_key(i): 1 + i for i in range(3)})
+    streamed = run_jobs(Engine(streamed_model, max_batch=4), jobs)
+    chunked = run_jobs(Engine(tiny_model, max_batch=4, limits=MemoryLimits(rows_per_forward=1)), jobs)
+    skipped = sum(r.compute.block_forwards_skipped for r in resident.values())
+    assert 0 < skipped < sum(r.compute.block_forwards for r in resident.values())  # rows reused and computed
+    for job_id, _ in jobs:
+        assert np.array_equal(streamed[job_id].frames, resident[job_id].frames)
+        assert streamed[job_id].compute == resident[job_id].compute
+        assert np.abs(chunked[job_id].frames.astype(int) - resident[job_id].frames.astype(int)).max() <= 1
+        assert chunked[job_id].compute == resident[job_id].compute
+    assert streamed_model.residency.stats.blocks_streamed > 0 and streamed_model.residency.stats.expert_loads() == 0

@@ -1,13 +1,19 @@
 """Step caching per row: the split expert forward is the forward; rows decide alone; entries
 serve only the next step of the same expert and branch."""
 
+import copy
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pipeline.models.expert import MMDiT, image_positions, pack
+from pipeline.residency import Residency
 from pipeline.sampling import Branch
 from pipeline.speed import CachePolicy
 from pipeline.step_cache import CacheRow, StepCache, cached_forward, relative_change
+from tests.pipeline.test_host_slab import assert_one_allocation
 from tests.support.tiny_model import tiny_expert_config
 
 ALWAYS = CachePolicy(threshold=1e9, warmup=0.0, max_reuse=100)  # reuses wherever the rules allow
@@ -83,7 +89,8 @@ def test_each_row_decides_alone_in_a_mixed_batch(expert):
         assert torch.allclose(out[1:2], alone, atol=1e-5)
         # row 0: this step's embedding plus what the blocks added at step 0
         h0, h1 = expert.embed(*first), expert.embed(*second)
-        h1.img = h1.img + (expert.run_blocks(h0).img - h0.img)
+        embedded = h0.img  # run_blocks replaces it in h0
+        h1.img = h1.img + (expert.run_blocks(h0).img - embedded)
         assert torch.allclose(out[0], expert.final(h1)[0], atol=1e-5)
 
 
@@ -144,3 +151,62 @@ def test_warm_up_last_step_and_reuse_limit_always_compute():
     quality = StepCache(CachePolicy(), 10)
     quality.store("e", Branch.COND, 4, torch.zeros(1), torch.zeros(1))
     assert quality.candidate("e", Branch.COND, 5) is None
+
+
+# copies (the streamer's transfers) and the check `tensor.data = ...` makes (its pointing at buffers)
+NOT_COMPUTE = {torch.ops.aten.copy_.default, torch.ops.aten._has_compatible_shallow_copy_type.default}
+
+
+class ComputeOnTheSlab(TorchDispatchMode):
+    """Records every op, other than a copy or a view, that reads a tensor lying in `storage` (a
+    host slab): on CUDA such an op would meet host weights with device activations and fail.
+    Reads of `allowed` tensors are not recorded."""
+
+    def __init__(self, storage: torch.Tensor, allowed: list[torch.Tensor]):
+        super().__init__()
+        self.low, self.high = storage.data_ptr(), storage.data_ptr() + storage.numel() * storage.element_size()
+        self.allowed = {t.data_ptr() for t in allowed}
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not func.is_view and func not in NOT_COMPUTE:
+            for t in tree_leaves((args, kwargs)):
+                if (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.numel()
+                        and self.low <= t.data_ptr() < self.high and t.data_ptr() not in self.allowed):
+                    self.ops.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_streamed_expert_caches_as_the_resident_one_and_computes_on_device_weights_only(expert, window):
+    """The cached forward is one call of the expert, so block streaming's hooks bring the stem
+    and each block as in a plain forward. Step 1 mixes rows that reuse and rows that compute,
+    step 2 reuses every row (no block runs). Block 0's modulation weights are the one read
+    from the slab the twin cannot tell apart: MMDiT.modulated_input moves them to the
+    activations' device itself (a copy on CUDA, the same memory here)."""
+    residency = Residency("cpu", streamed={"a": window})
+    residency.register("a", lambda: copy.deepcopy(expert), 1)
+    streamed = residency.get("a")
+    slab = residency.host_copy("a").storage
+    allowed = list(streamed.double_blocks[0].img_mod.parameters())  # pointing at the slab between passes
+    policy = CachePolicy(threshold=0.05, warmup=0.0, max_reuse=3)
+    first = inputs(expert, 2, seed=1)
+    second = list(first)
+    second[0] = first[0].clone()
+    second[0][0] += 1e-4  # row 0 reuses at step 1
+    second[0][1] = torch.randn_like(second[0][1])  # row 1 computes
+    steps = [first, tuple(second), tuple(second)]  # step 2: nothing moved, both rows reuse
+    outputs = {}
+    for name, model in (("resident", expert), ("streamed", streamed)):
+        caches, outputs[name] = [StepCache(policy, 10), StepCache(policy, 10)], []
+        with torch.inference_mode():
+            for step, x in enumerate(steps):
+                watch = ComputeOnTheSlab(slab, allowed)
+                with watch:
+                    outputs[name].append(cached_forward(model, x, rows_for(caches, step)))
+                assert name == "resident" or watch.ops == [], watch.ops
+    assert [blocks for _, blocks in outputs["resident"]] == [[4, 4], [0, 4], [0, 0]]
+    for (a, blocks_a), (b, blocks_b) in zip(outputs["resident"], outputs["streamed"]):
+        assert torch.equal(a, b) and blocks_a == blocks_b
+    assert_one_allocation(streamed, residency.host_bytes)  # every tensor back in the slab

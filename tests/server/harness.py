@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from server.embedded import discover
 from server.jobs import Job, Keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +89,7 @@ class Stack:
         self.artifacts = self.tmp / "artifacts"
         self.settings = settings
         self.api: Proc | None = None
+        self.other_apis: list[Proc] = []
         self.workers: list[Proc] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,29 +100,47 @@ class Stack:
             env[f"PARIS_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
         return env
 
-    def _base(self, cmd: str) -> list[str]:
-        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir", str(self.data_dir),
-                "--artifact-dir", str(self.artifacts)]
-        if self.redis_url:
-            argv += ["--redis-url", self.redis_url]
+    def _base(self, cmd: str, data_dir: Path | None = None, redis_url: str | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "client.cli", cmd, "--model", str(self.model), "--data-dir",
+                str(data_dir or self.data_dir)]
+        if "artifact_url" not in self.settings:  # artifacts on S3: no shared directory at all
+            argv += ["--artifact-dir", str(self.artifacts)]
+        if redis_url or self.redis_url:
+            argv += ["--redis-url", redis_url or self.redis_url]
         return argv
 
-    def start_api(self, wait: bool = True, **extra) -> Proc:
-        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log", self._env(extra))
+    def start_api(self, wait: bool = True, env: dict | None = None, **extra) -> Proc:
+        self.api = Proc(self._base("api") + ["--port", str(self.port)], self.tmp / "api.log",
+                        {**self._env(extra), **(env or {})})
         if wait:
             wait_until(self._healthy, 60, 0.1, f"api on {self.url} (log {self.api.log})")
         return self.api
 
-    def _healthy(self) -> bool:
-        if self.api and self.api.p.poll() is not None:
-            raise AssertionError(f"api exited: {self.api.log.read_text()[-3000:]}")
+    def start_another_api(self, **extra) -> str:
+        """One more API process on the same Redis, prefix and artifacts; returns its URL."""
+        port = free_port()
+        api = Proc(self._base("api") + ["--port", str(port)], self.tmp / f"api-{port}.log", self._env(extra))
+        self.other_apis.append(api)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self._healthy(api, url), 60, 0.1, f"api on {url} (log {api.log})")
+        return url
+
+    def _healthy(self, api: Proc | None = None, url: str | None = None) -> bool:
+        api, url = api or self.api, url or self.url
+        if api and api.p.poll() is not None:
+            raise AssertionError(f"api exited: {api.log.read_text()[-3000:]}")
         try:
-            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+            return httpx.get(url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str, wait: bool = True, **extra) -> Proc:
-        w = Proc(self._base("worker") + ["--worker-id", name], self.tmp / f"worker-{name}.log", self._env(extra))
+    def start_worker(self, name: str, wait: bool = True, data_dir: Path | None = None, env: dict | None = None,
+                     redis_url: str | None = None, **extra) -> Proc:
+        """A worker; `data_dir` gives it a directory of its own (a machine of its own), `env` raw
+        environment variables (S3 credentials), `redis_url` reaches the stack's Redis another way
+        (through a fault-injecting link)."""
+        w = Proc(self._base("worker", data_dir, redis_url) + ["--worker-id", name], self.tmp / f"worker-{name}.log",
+                 {**self._env(extra), **(env or {})})
         self.workers.append(w)
         if wait:
             wait_until(lambda: any(e["event"] == "worker_started" for e in w.events()) or
@@ -129,10 +149,7 @@ class Stack:
         return w
 
     def redis(self) -> redis.Redis:
-        url = self.redis_url
-        if not url:
-            port = json.loads((self.data_dir / "valkey" / "port.json").read_text())["port"]
-            url = f"redis://127.0.0.1:{port}"
+        url = self.redis_url or discover(self.data_dir)  # the embedded Valkey's URL, with its password
         return redis.Redis.from_url(url, decode_responses=True)
 
     def job(self, job_id: str) -> Job | None:
@@ -143,9 +160,10 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
-        if self.api:
-            self.api.stop()
-        for proc in [self.api, *self.workers]:  # shown by pytest only when a test failed
+        for api in [self.api, *self.other_apis]:
+            if api:
+                api.stop()
+        for proc in [self.api, *self.other_apis, *self.workers]:  # shown by pytest only when a test failed
             if proc:
                 print(f"---- {proc.log.name} (tail) ----")
                 print("\n".join(proc.log.read_text(errors="replace").splitlines()[-25:]))

@@ -75,7 +75,8 @@ def test_a_completed_job_is_the_same_video_object_as_before():
         "prompt": "a red circle moving left", "seconds": "1", "size": "32x32", "error": None,
         "remixed_from_video_id": None, "seed": 42, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "step": 4,
         "queue_position": None, "attempts": 2, "image_to_video": False, "routing": ROUTING, "residency": RESIDENCY,
-        "compute": None}  # a record written before jobs counted their expert work
+        "compute": None,  # a record written before jobs counted their expert work
+        "webhooks": None}
     video = Video.from_job(Job.from_hash(OLD_COMPLETED_HASH))
     assert video.model_dump(mode="json") == expected
     assert list(video.model_dump(mode="json")) == list(expected)  # field order too

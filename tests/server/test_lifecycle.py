@@ -83,14 +83,16 @@ def test_cancel_and_delete_queued_and_running(stack):
     assert r.json() == {"id": queued_delete["id"], "object": "video.deleted", "deleted": True}
     assert get(stack, queued_delete["id"]).status_code == 404
 
-    # the running one: cancel keeps the record, the worker stops within a step and frees its slot
+    # the running one: cancel keeps the record, the worker stops within two steps and frees its slot
+    # (the step's round trip, progress and stop checks, is sent off the engine loop: the record's step
+    # may trail the engine by one, and the check that sees the cancel is read after the next step)
     r = httpx.post(f"{stack.url}/v1/videos/{running['id']}/cancel")
     v = r.json()
     assert v["status"] == "failed" and v["error"]["code"] == "cancelled"
     at = stack.job(running["id"]).cancelled_at_step
     stop = wait_until(lambda: next((e for e in worker(stack).events() if e["event"] == "job_stopped"
                                     and e["job"] == running["id"]), None), 10, 0.05, "worker stop")
-    assert stop["reason"] == "cancelled" and stop["step"] <= at + 1, (stop, at)
+    assert stop["reason"] == "cancelled" and stop["step"] <= at + 2, (stop, at)
     after = get(stack, running["id"]).json()
     assert after["status"] == "failed" and after["step"] <= at + 1
 

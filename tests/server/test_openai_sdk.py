@@ -123,7 +123,7 @@ def test_metrics_and_ready(stack):
     text = httpx.get(stack.url + "/metrics").text
     for name in ("paris_queue_depth", "paris_jobs{", "paris_step_seconds_bucket", "paris_job_seconds_count",
                  "paris_expert_steps_total", "paris_jobs_finished_total", 'paris_component_loads_total{component="t5"}',
-                 "paris_bytes_to_device_total", "paris_bytes_from_disk_total"):
+                 "paris_bytes_to_device_total", "paris_bytes_streamed_total", "paris_bytes_from_disk_total"):
         assert name in text, name
     moved = [line for line in text.splitlines() if line.startswith("paris_bytes_to_device_total ")]
     assert float(moved[0].split()[1]) > 0

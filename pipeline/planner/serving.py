@@ -1,0 +1,37 @@
+"""The plan a worker serves under, made at start: budgets from its settings, the footprint of
+the largest request the model allows (measured on the meta device: seconds, nothing cached),
+and what the plan gives the residency (its weight budget) and the engine (its limits)."""
+
+from pathlib import Path
+
+import torch
+
+from ..engine import MemoryLimits
+from ..residency import default_host_memory, free_memory, parse_budget
+from .footprint import measure_footprint
+from .plan import Placement, Plan, Target, make_plan
+
+
+def budget_target(device: torch.device, device_memory: str | None, host_memory: str | None = None,
+                  reserve: str | None = None, max_batch: int = 8) -> Target | None:
+    """The budgets as given (sizes such as "80GiB", or a fraction of the free memory). On CUDA
+    the device memory defaults to what is free now; on a CPU given none there is no plan (None):
+    no limit, as before plans existed."""
+    if device_memory is None and device.type == "cpu":
+        return None
+    total = free_memory(device) if device_memory is None else parse_budget(device_memory, device)
+    host = default_host_memory() if host_memory is None else parse_budget(host_memory, "cpu")
+    return Target(total, host, max_batch=max_batch, reserve=None if reserve is None else parse_budget(reserve, "cpu"))
+
+
+def serving_plan(folder: str | Path, target: Target) -> Plan:
+    """The plan for the largest size and frame count the model allows; PlanRefused names what
+    does not fit when the budget cannot serve one such request."""
+    return make_plan(measure_footprint(folder, max_batch=target.max_batch), target)
+
+
+def memory_limits(plan: Plan) -> MemoryLimits:
+    return MemoryLimits(
+        rows_per_forward=plan.rows_per_forward, decodes_at_once=plan.decodes_at_once,
+        cache_entries=plan.cache_entries, cache_bytes=plan.cache_entries * plan.footprint.embedding_bytes,
+        on_demand=frozenset(n for n, p in plan.placement.items() if p is Placement.ON_DEMAND))
