@@ -46,10 +46,10 @@ def svg(results: list[dict]) -> str:
     def text(x, y, s, fill="black", anchor="start"):
         out.append(f'<text x="{x:.1f}" y="{y:.1f}" fill="{fill}" text-anchor="{anchor}">{escape(s)}</text>')
 
-    for i in range(6):  # axes ticks
-        vx, vy = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
-        text(at(vx, y0)[0], H - M + 16, f"{vx:.2f}x", anchor="middle")
-        text(M - 6, at(x0, vy)[1] + 4, f"{vy:.0f} dB", anchor="end")
+    for vx in range(1, int(x1) + 1):  # ticks: every 1x, every 5 dB
+        text(at(vx, y0)[0], H - M + 16, f"{vx}x", anchor="middle")
+    for vy in range(int(y0 // 5 + 1) * 5, int(y1) + 1, 5):
+        text(M - 6, at(x0, vy)[1] + 4, f"{vy} dB", anchor="end")
     for name, t in TARGETS.items():  # a target is met up and to the right of its corner
         tx, ty = at(t["flops_ratio"], t["psnr_db"])
         out.append(f'<path d="M{tx:.1f},{M} V{ty:.1f} H{W - M}" fill="none" stroke="#b0b0b0" stroke-dasharray="4 3"/>')
@@ -73,6 +73,9 @@ def svg(results: list[dict]) -> str:
     text(M, 36, "squares: presets; line: fast preset, cache threshold:max reuse swept (labels); "
                 "hollow: a paris eval threshold failed")
     text(W / 2, H - 18, "expert FLOPs per video, quality / preset", anchor="middle")
+    for i, (result, colour) in enumerate(zip(results, COLOURS)):  # legend: one line per file
+        parts = (["presets"] if len(result["presets"]) > 1 else []) + (["sweep"] if result.get("sweep") else [])
+        text(W - M - 4, M + 16 + 14 * i, f"{result['steps']} steps: {' and '.join(parts)}", fill=colour, anchor="end")
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
