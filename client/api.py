@@ -151,7 +151,8 @@ class _Operations(ABC, Generic[JSON, FILE]):
     def create(self, prompt: str, image: str | Path | bytes | None = None, idempotency_key: str | None = None,
                **params) -> JSON:
         """params: size, num_frames, seconds, seed, num_inference_steps, guidance_scale, fps, top_k,
-        negative_prompt, expert_schedule (list of ints), model."""
+        negative_prompt, expert_schedule (list of ints), model, speed ("quality", "balanced" or
+        "fast"), guidance_interval ([t_low, t_high])."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._send(Call("POST", "/v1/videos", data=_form(prompt, params), files=_files(image), headers=headers))
 

@@ -14,7 +14,8 @@ def cmd_submit(args) -> int:
     params = {"size": args.size, "num_frames": args.num_frames, "seconds": args.seconds, "seed": args.seed,
               "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "fps": args.fps,
               "top_k": args.top_k, "negative_prompt": args.negative_prompt,
-              "expert_schedule": args.expert_schedule, "model": args.model}
+              "expert_schedule": args.expert_schedule, "model": args.model, "speed": args.speed,
+              "guidance_interval": args.guidance_interval}
     with ParisClient(args.server, api_key=args.api_key) as client:
         try:
             video = client.create(args.prompt, image=args.image, **params)
@@ -43,6 +44,8 @@ def cmd_submit(args) -> int:
         path = client.download(video["id"], args.out)
         share = (video.get("routing") or {}).get("step_share")
         print(f"wrote {path} (seed {video.get('seed')}, share of steps per expert {share})", file=sys.stderr)
+        if video.get("compute"):
+            print("expert work: " + ", ".join(f"{k} {v}" for k, v in video["compute"].items()), file=sys.stderr)
     return 0
 
 
@@ -65,4 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--expert-schedule", type=lambda s: [int(x) for x in s.split(",")],
                    help="comma-separated expert index per step (bypasses the router)")
     p.add_argument("--model")
+    p.add_argument("--speed", help="speed preset: quality, balanced or fast (default: the model's)")
+    p.add_argument("--guidance-interval", type=lambda s: [float(x) for x in s.split(",")],
+                   help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
     p.set_defaults(run=cmd_submit)

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from .errors import InvalidRequest, ModelFolderError
 from .request import RoutingMode
+from .speed import Speed
 
 
 def register(sub, default_model: Path) -> None:
@@ -32,6 +33,8 @@ def register(sub, default_model: Path) -> None:
                      help="default: top_k (fixed for a model without a router)")
     gen.add_argument("--expert", type=int, help="with --routing fixed")
     gen.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
+    gen.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
+    gen.add_argument("--guidance-interval", help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
     gen.add_argument("--device", default="cpu")
     gen.set_defaults(run=run_generate)
 
@@ -52,6 +55,7 @@ def run_generate(args) -> int:
     try:
         image = Image.open(args.image) if args.image else None
         schedule = [int(x) for x in args.schedule.split(",")] if args.schedule else None
+        interval = [float(x) for x in args.guidance_interval.split(",")] if args.guidance_interval else None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +63,7 @@ def run_generate(args) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, num_frames=args.frames, size=args.size,
         fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
-        expert_schedule=schedule)
+        expert_schedule=schedule, speed=args.speed, guidance_interval=interval)
     quiet_library_logging()
     try:
         model = load_model(args.model, args.device)
@@ -84,6 +88,7 @@ def run_generate(args) -> int:
     print(f"wrote {args.out} ({len(result.frames)} frames, {result.request.size}, {result.fps} fps, seed {result.seed}), {thumb}, {sheet}")
     print("routing: " + ", ".join(f"{n} {s:.0%} of steps (weight {w:.2f})"
                                   for n, s, w in zip(names, share.step_share, share.weight_share)))
+    print(f"expert work ({result.request.speed} preset): {result.compute.summary()}")
     return 0
 
 

@@ -39,6 +39,8 @@ from .results import Event, Failed, Finished, GenerationResult, Progress, Reside
 from .routing import policy_for
 from .sampling import Branch, Guidance
 from .scheduler import ExpertScheduler, RequestNeeds, TickPlan
+from .speed import PRESETS
+from .step_cache import CacheRow, StepCache, cached_forward
 
 # Used every tick or two beside the experts (routing, decoding): planned in first, evicted last.
 ALWAYS_NEEDED = frozenset({"router", "vae"})
@@ -298,6 +300,7 @@ class Engine:
             timesteps=sampling.timesteps(req.num_inference_steps, alpha), prompt=prompt, negative=negative,
             img_ids=image_positions(t, h, w, patch)[None].to(m.device),
             loads_at_start=(m.residency.stats.expert_loads(), m.residency.stats.bytes_to_device),
+            step_cache=StepCache(PRESETS[req.speed].cache, req.num_inference_steps),
         )
         if image is not None:
             ref, feature = image
@@ -320,7 +323,13 @@ class Engine:
             s.waited = 0 if s.job_id in plan.advance else s.waited + 1
             s.max_waited = max(s.max_waited, s.waited)
         states = [s for s in active if s.job_id in plan.advance]
-        guidance = {s.job_id: self._guidance(s) for s in states}
+        guidance = {}
+        blocks = self.model.expert_config.depth + self.model.expert_config.depth_single_blocks
+        for s in states:
+            asked = self._guidance(s)
+            guidance[s.job_id] = asked if self._unconditional_runs(s) else Guidance(1.0)
+            left_out = len(asked.branches) - len(guidance[s.job_id].branches)
+            s.compute.skipped_rows(left_out * len(s.choice.experts), blocks)
         outputs = self._run_experts(plan, states, needs, guidance, events)
         patch = self.model.expert_config.patch_size
         for s in states:
@@ -333,6 +342,7 @@ class Engine:
                 out = {b: unpack(outputs[s.job_id, expert_key(e), b], t, h, w, patch) for b in g.branches}
                 velocity = velocity + weight * g.combine(out)
             s.latents = sampling.euler_step(s.latents, velocity, s.t, s.t_next)
+            s.step_cache.end_step(s.step)
             s.step += 1
             events.append(Progress(s.job_id, s.step, s.total, s.choice.experts, s.choice.weights))
             s.choice = None
@@ -373,11 +383,16 @@ class Engine:
             logits.update({s.job_id: out[i].float() for i, s in enumerate(group)})
         return logits
 
+    @staticmethod
+    def _unconditional_runs(s: RequestState) -> bool:
+        """Whether this step runs the unconditional branches: not on the odd steps of guidance
+        oscillation, not outside the guidance interval."""
+        return (not sampling.oscillation_off(s.step, s.request.guidance_oscillation)
+                and sampling.in_guidance_interval(s.t, s.request.guidance_interval))
+
     def _guidance(self, s: RequestState) -> Guidance:
-        """This step's guidance: off on the odd steps of guidance oscillation; i2v image guidance
-        ramps over the latent frames."""
-        if sampling.oscillation_off(s.step, s.request.guidance_oscillation):
-            return Guidance(1.0)
+        """The guidance the request asks for at this step; i2v image guidance ramps over the
+        latent frames."""
         image_scale = None
         if s.first_frame_cond is not None:
             ramp = sampling.image_guidance_ramp(s.request.image_guidance_scale, s.step, s.total, s.latents.shape[2])
@@ -399,7 +414,7 @@ class Engine:
                     self.model.residency.prefetch(plan.prefetch[key], protect=demand)
                 for group in _group_by(rows, lambda r: (r[0].img_ids.shape[1], r[0].prompt.tokens.shape[1])):
                     for chunk in _chunks(group, self.limits.rows_per_forward):
-                        out = self._timed(self._expert_forward, expert, chunk)
+                        out = self._timed(self._expert_forward, expert, key, chunk)
                         for i, (s, b) in enumerate(chunk):
                             outputs[s.job_id, key, b] = out[i : i + 1]
             except Exception as exc:
@@ -409,7 +424,7 @@ class Engine:
             demand.discard(key)
         return outputs
 
-    def _expert_forward(self, expert, rows: list[tuple[RequestState, Branch]]) -> torch.Tensor:
+    def _expert_forward(self, expert, key: str, rows: list[tuple[RequestState, Branch]]) -> torch.Tensor:
         dtype, config = expert.dtype, expert.config
         img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
         texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
@@ -421,7 +436,15 @@ class Engine:
         timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=torch.float32)
         self.stats.expert_forwards += 1
         self.stats.expert_rows += len(rows)
-        return expert(img, img_ids, txt, txt_ids, timesteps, vec, cond).float()
+        inputs = (img, img_ids, txt, txt_ids, timesteps, vec, cond)
+        cache_rows = [CacheRow(s.step_cache, key, b, s.step) for s, b in rows]
+        if any(r.cache.policy.enabled for r in cache_rows):
+            out, blocks = cached_forward(expert, inputs, cache_rows)
+        else:  # the plain forward: every row runs every block
+            out, blocks = expert(*inputs), [expert.num_blocks] * len(rows)
+        for (s, _), ran in zip(rows, blocks):
+            s.compute.ran_row(ran, expert.num_blocks)
+        return out.float()
 
     def _image_cond(self, s: RequestState, branch: Branch) -> torch.Tensor:
         """The expert's condition input: the first frame (i2v, except in the branch that drops
@@ -455,7 +478,7 @@ class Engine:
                                        bytes_to_device=stats.bytes_to_device - s.loads_at_start[1],
                                        max_waited_ticks=s.max_waited)
                 result = GenerationResult(videos[i][: s.request.num_frames], s.request, s.trace,
-                                          s.trace.summary(self.model.num_experts), moved)
+                                          s.trace.summary(self.model.num_experts), moved, s.compute)
                 events.append(Finished(s.job_id, result))
 
 

@@ -5,9 +5,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ModelFolderError
+from .speed import Speed
 
 
 class DType(StrEnum):
@@ -77,6 +78,15 @@ class SamplingDefaults(BaseModel):
     top_k: int = 1
     negative_prompt: str = ""
     prompt_template: str = "{prompt}"
+    speed: Speed = Speed.QUALITY
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # t range where the unconditional branches run
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError("guidance_interval must be [t_low, t_high] with 0 <= t_low <= t_high <= 1")
+        return v
 
 
 class Limits(BaseModel):

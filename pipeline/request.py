@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import InvalidRequest
 from .manifest import Manifest, parse_size
+from .speed import PRESETS, Speed
 
 MAX_SEED = 2**63 - 1
 
@@ -44,6 +45,8 @@ class GenerationRequest:
     routing: RoutingMode | str | None = None  # None: the model's default (top_k; fixed without a router)
     expert: int | None = None
     expert_schedule: list[int] | None = None
+    speed: Speed | str | None = None
+    guidance_interval: tuple[float, float] | list[float] | None = None
 
 
 @dataclass
@@ -67,6 +70,9 @@ class ResolvedRequest:
     top_k: int
     expert: int | None
     expert_schedule: list[int] | None = field(default=None)
+    # defaults for requests queued before these fields existed
+    speed: Speed = Speed.QUALITY
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # unconditional branches run while low <= t <= high
 
     @property
     def size(self) -> str:
@@ -82,7 +88,7 @@ class ResolvedRequest:
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "image"}
-        return json.dumps({**fields, "routing": str(self.routing), "has_image": self.has_image})
+        return json.dumps({**fields, "routing": str(self.routing), "speed": str(self.speed), "has_image": self.has_image})
 
     @classmethod
     def from_json(cls, text: str, image: Image.Image | None = None) -> "ResolvedRequest":
@@ -91,7 +97,12 @@ class ResolvedRequest:
         data = json.loads(text)
         if data.pop("has_image") != (image is not None):
             raise ValueError("the first frame must be given exactly when the request had one")
-        return cls(**{**data, "routing": RoutingMode(data["routing"]), "image": image})
+        data["routing"] = RoutingMode(data["routing"])
+        if "speed" in data:
+            data["speed"] = Speed(data["speed"])
+        if "guidance_interval" in data:
+            data["guidance_interval"] = tuple(data["guidance_interval"])
+        return cls(**data, image=image)
 
 
 def _check(ok: bool, param: str, message: str) -> None:
@@ -172,6 +183,16 @@ def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
         _check(all(isinstance(e, int) and 0 <= e < num_experts for e in schedule), "expert_schedule",
                f"expert_schedule entries must be between 0 and {num_experts - 1}")
 
+    speeds = [s.value for s in Speed]
+    speed = d.speed if request.speed is None else request.speed
+    _check(speed in speeds, "speed", f"speed must be one of {', '.join(speeds)}")
+    speed = Speed(speed)
+    interval = request.guidance_interval
+    if interval is None:
+        interval = PRESETS[speed].guidance_interval or d.guidance_interval
+    _check(_is_interval(interval), "guidance_interval",
+           f"guidance_interval must be [t_low, t_high] with 0 <= t_low <= t_high <= 1, got {interval!r}")
+
     return ResolvedRequest(
         prompt=request.prompt,
         negative_prompt=negative,
@@ -189,6 +210,12 @@ def resolve(manifest: Manifest, request: GenerationRequest) -> ResolvedRequest:
         top_k=top_k,
         expert=expert if routing is RoutingMode.FIXED else None,
         expert_schedule=list(schedule) if routing is RoutingMode.SCHEDULE else None,
+        speed=speed,
+        guidance_interval=(float(interval[0]), float(interval[1])),
     )
 
 
+def _is_interval(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0.0 <= value[0] <= value[1] <= 1.0)

@@ -6,7 +6,9 @@ import torch
 
 from .manifest import expert_key
 from .request import ResolvedRequest
+from .results import ComputeCounts
 from .routing import Choice, RoutingPolicy, RoutingTrace
+from .step_cache import StepCache
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class RequestState:
     prompt: TextEmbedding  # the prompt with the model's template applied
     negative: TextEmbedding  # the negative prompt (the unconditional branches read it)
     img_ids: torch.Tensor  # (1, N, 3) positions of the latent's patches
+    step_cache: StepCache  # residuals its rows may reuse (pipeline/step_cache.py)
     first_frame_cond: torch.Tensor | None = None  # i2v: packed mask + first-frame latent (1, N, (C+1) p^2)
     first_frame_latent: torch.Tensor | None = None  # i2v: (1, C, 1, h, w), replaces latent frame 0 at decode
     image_feature: torch.Tensor | None = None  # i2v: DINOv2 feature of the first frame (1, F), for the router
@@ -34,6 +37,7 @@ class RequestState:
     waited: int = 0  # consecutive ticks without a step
     max_waited: int = 0
     loads_at_start: tuple[int, int] = (0, 0)  # (expert loads, bytes to device) when it started
+    compute: ComputeCounts = field(default_factory=ComputeCounts)
 
     @property
     def total(self) -> int:

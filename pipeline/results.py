@@ -23,12 +23,46 @@ class ResidencyDelta:
 
 
 @dataclass
+class ComputeCounts:
+    """The expert work one generation ran and skipped. A row-forward is one guidance branch of
+    the request through one chosen expert at one step; a block-forward is one row through one
+    transformer block. Skipped is measured against every branch of the request's guidance at
+    every step through every block: branches the guidance interval or oscillation left out, and
+    blocks a row did not run because it reused its cached residual (pipeline/step_cache.py)."""
+
+    row_forwards: int = 0
+    row_forwards_skipped: int = 0
+    block_forwards: int = 0
+    block_forwards_skipped: int = 0
+
+    def ran_row(self, blocks: int, of: int) -> None:
+        self.row_forwards += 1
+        self.block_forwards += blocks
+        self.block_forwards_skipped += of - blocks
+
+    def skipped_rows(self, rows: int, blocks_per_row: int) -> None:
+        self.row_forwards_skipped += rows
+        self.block_forwards_skipped += rows * blocks_per_row
+
+    def summary(self) -> str:
+        rows, blocks = self.row_forwards, self.block_forwards
+        return (f"{rows} of {rows + self.row_forwards_skipped} row-forwards, "
+                f"{blocks} of {blocks + self.block_forwards_skipped} block-forwards "
+                f"({blocks / max(1, blocks + self.block_forwards_skipped):.0%})")
+
+    def to_dict(self) -> dict[str, int]:
+        return {"row_forwards": self.row_forwards, "row_forwards_skipped": self.row_forwards_skipped,
+                "block_forwards": self.block_forwards, "block_forwards_skipped": self.block_forwards_skipped}
+
+
+@dataclass
 class GenerationResult:
     frames: np.ndarray  # uint8 (F, H, W, 3)
     request: ResolvedRequest
     trace: RoutingTrace
     routing: RoutingSummary
     residency: ResidencyDelta
+    compute: ComputeCounts
 
     @property
     def fps(self) -> int:

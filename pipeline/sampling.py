@@ -91,5 +91,12 @@ def oscillation_off(step: int, oscillate: bool) -> bool:
     return oscillate and step >= 10 and step % 2 == 1
 
 
+def in_guidance_interval(t: float, interval: tuple[float, float]) -> bool:
+    """Guidance in a limited interval (Kynkäänniemi et al. 2024): the unconditional branches run
+    only while t_low <= t <= t_high."""
+    low, high = interval
+    return low <= t <= high
+
+
 def latent_frames(num_frames: int, temporal_compression: int = 4) -> int:
     return (num_frames - 1) // temporal_compression + 1

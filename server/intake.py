@@ -33,7 +33,8 @@ def resolve_create(body: CreateVideo, image: Image.Image | None, manifest: Manif
         size=body.size, fps=body.fps, num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale, image_guidance_scale=body.image_guidance_scale,
         guidance_oscillation=body.guidance_oscillation, seed=body.seed, top_k=body.top_k, routing=routing,
-        expert=body.expert, expert_schedule=body.expert_schedule)
+        expert=body.expert, expert_schedule=body.expert_schedule, speed=body.speed,
+        guidance_interval=body.guidance_interval)
     try:
         return resolve(manifest, request)
     except InvalidRequest as exc:

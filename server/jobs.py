@@ -138,6 +138,7 @@ class Job:
     routing: dict | None = None
     trace: list[dict] | None = None
     residency: dict | None = None
+    compute: dict | None = None
 
     @classmethod
     def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest,
@@ -171,7 +172,8 @@ class Job:
             step=opt_int("step"), completed_at=opt_int("completed_at"), expires_at=opt_int("expires_at"),
             error_code=h.get("error_code"), error_message=h.get("error_message"),
             cancelled_at_step=opt_int("cancelled_at_step"), artifact_fence=opt_int("artifact_fence"),
-            routing=opt_json("routing"), trace=opt_json("trace"), residency=opt_json("residency"))
+            routing=opt_json("routing"), trace=opt_json("trace"), residency=opt_json("residency"),
+            compute=opt_json("compute"))
 
     def to_hash(self) -> dict[str, str]:
         """The Redis hash of this job (fields that are None are absent)."""
@@ -205,7 +207,8 @@ def hash_args(**fields: object) -> list[str]:
 
 def completion(job_id: str, result: GenerationResult) -> dict[str, object]:
     """The fields a job gains when its result is stored: the routing summary users read on the
-    Video object, the full per-step trace (/trace) and the weight traffic while it ran."""
+    Video object, the full per-step trace (/trace), the weight traffic while it ran and the expert
+    work it ran and skipped."""
     request, summary = result.request, result.routing
     step_share = {str(i): v for i, v in enumerate(summary.step_share)}
     routing = {"policy": str(request.routing), "top_k": request.top_k, "step_share": step_share,
@@ -213,4 +216,4 @@ def completion(job_id: str, result: GenerationResult) -> dict[str, object]:
                "weight_share": {str(i): v for i, v in enumerate(summary.weight_share)},
                "steps": len(result.trace.steps), "trace_url": f"/v1/videos/{job_id}/trace"}
     return {"progress": 100, "step": request.num_inference_steps, "routing": routing, "trace": result.trace.steps,
-            "residency": result.residency.to_dict()}
+            "residency": result.residency.to_dict(), "compute": result.compute.to_dict()}

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.request import RoutingMode
+from pipeline.speed import Speed
 
 from .jobs import Job, JobStatus
 
@@ -31,7 +32,19 @@ class CreateVideo(BaseModel):
     routing: RoutingMode | None = None
     expert: int | None = None
     expert_schedule: list[int] | None = None
+    speed: Speed | None = None
+    guidance_interval: list[float] | None = None
     webhook_url: str | None = None  # https receiver of this job's video.completed / video.failed
+
+    @field_validator("guidance_interval", mode="before")
+    @classmethod
+    def _interval(cls, v):
+        if isinstance(v, str):  # "0.1,0.8" (multipart) -> [0.1, 0.8]
+            try:
+                return [float(x) for x in v.replace(" ", "").split(",") if x != ""]
+            except ValueError:
+                raise ValueError("guidance_interval must be two comma-separated numbers, e.g. '0.1,0.8'") from None
+        return v
 
     @field_validator("expert_schedule", mode="before")
     @classmethod
@@ -99,6 +112,8 @@ class Video(BaseModel):
                                                            "full per-step trace at /v1/videos/{id}/trace")
     residency: dict | None = Field(default=None, description="expert loads and weight bytes moved to the device while "
                                                              "this job ran, and the most ticks it waited for its expert")
+    compute: dict | None = Field(default=None, description="expert row-forwards and block-forwards run and skipped "
+                                                           "(guidance interval, step caching): what the speed preset saved")
     webhooks: list[WebhookDelivery] | None = Field(default=None, description="deliveries of this job's webhook "
                                                    "event and their attempts (null: the job has no webhook URL)")
 
@@ -111,7 +126,7 @@ class Video(BaseModel):
                    seconds=f"{job.seconds:g}", size=job.size, error=error, seed=job.seed, num_frames=job.num_frames,
                    fps=job.fps, num_inference_steps=job.num_inference_steps, step=job.step, attempts=job.attempts,
                    queue_position=queue_position, image_to_video=job.has_image, routing=job.routing,
-                   residency=job.residency, webhooks=webhooks)
+                   residency=job.residency, compute=job.compute, webhooks=webhooks)
 
 
 class VideoList(BaseModel):

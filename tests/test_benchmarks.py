@@ -5,6 +5,7 @@ quiet machine. These runs are small so that a broken script shows up in CI, not 
 import json
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import pytest
 
@@ -81,3 +82,35 @@ def test_load_benchmark_loses_nothing_duplicates_nothing_and_answers_no_5xx():
     assert r["accepted_jobs"] == r["completed"] + r["failed"] + r["lost"]
     assert (r["lost"], r["duplicated"], r["ordinary_not_completed"], r["completed_without_video"]) == (0, 0, 0, 0), r
     assert r["server_errors"] == 0, r["server_error_samples"]
+
+
+def test_speed_presets_benchmark_counts_every_video_and_compares_with_quality(tmp_path):
+    """A quick evaluation at 8 steps of quality and fast (the README's figures come from the full
+    one at 50 and 20 steps, with balanced)."""
+    result = run_benchmark("tests.benchmarks.bench_speed_presets", "--steps", "8", "--quick", "--presets", "fast",
+                           "--rounds", "1", "--sweep", "1:8", "--json", str(tmp_path / "speed.json"))
+    by = result["presets"]
+    asked = by["quality"]["compute"]["block_forwards"]  # quality runs every branch through every block
+    assert by["quality"]["compute"]["block_forwards_skipped"] == 0 and "flops_ratio" not in by["quality"]
+    assert set(by) == {"quality", "fast"}
+    r = by["fast"]
+    assert r["compute"]["block_forwards"] + r["compute"]["block_forwards_skipped"] == asked
+    assert r["flops_ratio"] >= 1 and r["wall_time_ratio"] > 0 and "target" not in r  # targets are judged at 50
+    psnr = r["psnr_vs_quality_db"]
+    assert psnr["videos"] == r["videos"] == by["quality"]["videos"] and psnr["pooled"] <= psnr["mean"]
+    assert set(r["eval"]["checks"]) == {"t2v_colour", "t2v_motion", "i2v_psnr", "i2v_colour", "i2v_motion",
+                                        "router_t_le_0.5", "specialization"}
+    # a threshold no change reaches: every row reuses wherever warm-up, last step and max reuse allow
+    point = result["sweep"]["points"][0]
+    assert (point["threshold"], point["max_reuse"]) == (1.0, 8) and point["flops_ratio"] > by["fast"]["flops_ratio"]
+    timing = result["wall_time"]
+    assert len(timing["seconds"]["quality"]) == len(timing["seconds"]["fast"]) == 1  # one round: fastest = median
+    assert by["fast"]["wall_time_ratio"] == timing["fast"]["fastest_ratio"] == timing["fast"]["median_ratio"]
+
+    svg = tmp_path / "speed.svg"
+    subprocess.run([sys.executable, "-m", "tests.benchmarks.plot_speed_presets", str(tmp_path / "speed.json"),
+                    "--out", str(svg)], check=True, timeout=60)
+    root = ElementTree.parse(svg).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}circle")) == 1  # the sweep point
+    assert len([r for r in root.findall(f"{ns}rect") if r.get("width") == "10"]) == 1  # the fast preset

@@ -62,6 +62,21 @@ def image_positions(t: int, h: int, w: int, patch: int = 2) -> torch.Tensor:
     return torch.stack(grid, dim=-1).reshape(-1, 3)
 
 
+@dataclass
+class Hidden:
+    """The expert's state between blocks, one row per batch row: image and text tokens, the
+    conditioning vector (timestep + pooled text) and the RoPE tables."""
+
+    img: torch.Tensor  # (B, N, hidden)
+    txt: torch.Tensor  # (B, L, hidden)
+    vec: torch.Tensor  # (B, hidden)
+    cos: torch.Tensor  # (B, 1, L + N, head_dim)
+    sin: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "Hidden":
+        return Hidden(self.img[index], self.txt[index], self.vec[index], self.cos[index], self.sin[index])
+
+
 class MMDiT(nn.Module):
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -89,16 +104,50 @@ class MMDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.img_in.weight.dtype
 
-    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None):
+    @property
+    def num_blocks(self) -> int:
+        return len(self.double_blocks) + len(self.single_blocks)
+
+    def forward(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None, blocks=None):
+        """`blocks` replaces the pass over the blocks (default `run_blocks`: every block for every
+        row); step caching passes its own (pipeline/step_cache.py). It runs inside this call, so
+        hooks on the expert and its blocks (block streaming: pipeline/residency/streaming.py)
+        see one forward either way."""
+        h = self.embed(img, img_ids, txt, txt_ids, timesteps, y_vec, cond)
+        return self.final((blocks or self.run_blocks)(h))
+
+    # The forward in parts, so that step caching can run the blocks for some rows only.
+    def embed(self, img, img_ids, txt, txt_ids, timesteps, y_vec, cond=None) -> Hidden:
         x = self.img_in(img)
         if self.config.cond_embed and cond is not None:
             x = x + self.cond_in(cond)
         vec = self.time_in(timestep_embedding(timesteps, 256).to(x.dtype)) + self.vector_in(y_vec)
-        txt = self.txt_in(txt)
         cos, sin = rope_cos_sin(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
+        return Hidden(x, self.txt_in(txt), vec, cos, sin)
+
+    def modulated_input(self, h: Hidden) -> torch.Tensor:
+        """What the first block's image attention reads: the image tokens normalised and
+        modulated by the conditioning vector (timestep + text). Step caching watches how it
+        changes between steps (TeaCache's signal); it costs one linear on the vector per row.
+        When the expert streams its blocks, block 0 sits in the host slab outside its own pass:
+        its modulation weights (a sixth of the block) come to the vector's device for this linear."""
+        block = self.double_blocks[0]
+        weights = {name: t.to(h.vec.device) for name, t in block.img_mod.named_parameters()}
+        mod, _ = torch.func.functional_call(block.img_mod, weights, (h.vec,))
+        return mod.apply(block.img_norm1(h.img))
+
+    def run_blocks(self, h: Hidden) -> Hidden:
+        """Every block: the double-stream blocks, then the single-stream blocks over [txt; img].
+        Updates `h` in place and returns it: each block's output replaces its input there, so no
+        activation outlives the block that reads it (the caller holds `h` all along)."""
         for block in self.double_blocks:
-            x, txt = block(x, txt, vec, cos, sin)
-        x = torch.cat((txt, x), dim=1)
+            h.img, h.txt = block(h.img, h.txt, h.vec, h.cos, h.sin)
+        x = torch.cat((h.txt, h.img), dim=1)
+        h.img = None
         for block in self.single_blocks:
-            x = block(x, vec, cos, sin)
-        return self.final_layer(x[:, txt.shape[1] :], vec)
+            x = block(x, h.vec, h.cos, h.sin)
+        h.img, h.txt = x[:, h.txt.shape[1] :], x[:, : h.txt.shape[1]]
+        return h
+
+    def final(self, h: Hidden) -> torch.Tensor:
+        return self.final_layer(h.img, h.vec)

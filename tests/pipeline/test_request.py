@@ -53,3 +53,38 @@ def test_prompt_template_is_applied_once_by_the_engine(tiny_model, monkeypatch):
     engine.admit("j", twice)
     engine.tick()
     assert "a video of a red circle" in seen and not any("a video of a video of" in t for t in seen)
+
+
+def test_speed_and_guidance_interval_resolve_from_request_preset_or_model(manifest):
+    from pipeline.speed import PRESETS, Speed
+
+    default = resolve(manifest, GenerationRequest("x"))
+    assert default.speed is Speed.QUALITY and default.guidance_interval == manifest.sampling.guidance_interval == (0.0, 1.0)
+    fast = resolve(manifest, GenerationRequest("x", speed="fast"))
+    assert fast.speed is Speed.FAST
+    assert fast.guidance_interval == (PRESETS[Speed.FAST].guidance_interval or manifest.sampling.guidance_interval)
+    explicit = resolve(manifest, GenerationRequest("x", speed="fast", guidance_interval=[0.2, 0.9]))
+    assert explicit.guidance_interval == (0.2, 0.9)  # the field wins over the preset
+    assert ResolvedRequest.from_json(explicit.to_json()) == explicit
+
+
+@pytest.mark.parametrize("field,value", [("speed", "turbo"), ("speed", 3), ("guidance_interval", [0.8, 0.2]),
+                                         ("guidance_interval", [0.0, 1.5]), ("guidance_interval", [0.5]),
+                                         ("guidance_interval", "0.1,0.5"), ("guidance_interval", [None, 1.0])])
+def test_bad_speed_or_interval_names_the_field(manifest, field, value):
+    from pipeline.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        resolve(manifest, GenerationRequest("x", **{field: value}))
+    assert err.value.param == field
+
+
+def test_a_request_queued_before_speed_presets_reads_as_quality(manifest):
+    import json
+
+    from pipeline.speed import Speed
+
+    data = json.loads(resolve(manifest, GenerationRequest("x", seed=1)).to_json())
+    del data["speed"], data["guidance_interval"]
+    old = ResolvedRequest.from_json(json.dumps(data))
+    assert old.speed is Speed.QUALITY and old.guidance_interval == (0.0, 1.0)

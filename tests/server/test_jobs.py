@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.request import ResolvedRequest, RoutingMode
-from pipeline.results import GenerationResult, ResidencyDelta
+from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta
 from pipeline.routing import Choice, RoutingTrace
 from server.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
 from server.schemas import Video
@@ -75,6 +75,7 @@ def test_a_completed_job_is_the_same_video_object_as_before():
         "prompt": "a red circle moving left", "seconds": "1", "size": "32x32", "error": None,
         "remixed_from_video_id": None, "seed": 42, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "step": 4,
         "queue_position": None, "attempts": 2, "image_to_video": False, "routing": ROUTING, "residency": RESIDENCY,
+        "compute": None,  # a record written before jobs counted their expert work
         "webhooks": None}
     video = Video.from_job(Job.from_hash(OLD_COMPLETED_HASH))
     assert video.model_dump(mode="json") == expected
@@ -96,7 +97,8 @@ def test_completion_fields_name_step_and_weight_share():
     trace.record(0, 1.0, Choice((1, 0), (0.75, 0.25)))
     trace.record(1, 0.5, Choice((1, 2), (0.5, 0.5)))
     result = GenerationResult(frames=np.zeros((9, 32, 32, 3), np.uint8), request=REQUEST, trace=trace,
-                              routing=trace.summary(3), residency=ResidencyDelta(2, 1000, 1))
+                              routing=trace.summary(3), residency=ResidencyDelta(2, 1000, 1),
+                              compute=ComputeCounts(6, 2, 12, 8))
     share = {"0": 0.5, "1": 1.0, "2": 0.5}  # expert 1 ran in both steps, 0 and 2 in one each
     assert completion(JOB_ID, result) == {
         "progress": 100, "step": 4,
@@ -104,7 +106,8 @@ def test_completion_fields_name_step_and_weight_share():
                     "weight_share": {"0": 0.125, "1": 0.625, "2": 0.25}, "steps": 2,
                     "trace_url": f"/v1/videos/{JOB_ID}/trace"},
         "trace": trace.steps,
-        "residency": {"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000, "max_waited_ticks": 1}}
+        "residency": {"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000, "max_waited_ticks": 1},
+        "compute": {"row_forwards": 6, "row_forwards_skipped": 2, "block_forwards": 12, "block_forwards_skipped": 8}}
 
 
 def test_keys_and_group_keep_their_names():  # a running deployment's Redis holds these

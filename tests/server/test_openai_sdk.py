@@ -55,6 +55,7 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     moved = extra["residency"]
     used = {e for step in trace["steps"] for e in step["experts"]}
     assert moved["expert_loads_while_running"] == len(used) and moved["max_waited_ticks"] == 0
+    assert extra["compute"]["row_forwards_skipped"] == extra["compute"]["block_forwards_skipped"] == 0  # quality
 
     # retrieve / list / Range
     got = sdk.videos.retrieve(video.id)
@@ -68,6 +69,19 @@ def test_create_and_poll_then_download_mp4(sdk, stack, tmp_path):
     deleted = sdk.videos.delete(video.id)
     assert deleted.deleted and deleted.object == "video.deleted"
     assert httpx.get(f"{stack.url}/v1/videos/{video.id}").status_code == 404
+
+
+def test_a_speed_preset_through_extra_body_reports_the_work_it_saved(sdk):
+    # the interval (a form field: "low,high") leaves the unconditional branch out at every step with
+    # t < 0.5: work saved for sure
+    video = sdk.videos.create_and_poll(prompt="a blue square growing", poll_interval_ms=100,
+                                       extra_body={"speed": "fast", "guidance_interval": "0.5,1", "seed": 3})
+    assert video.status == "completed", video
+    c, steps = video.model_extra["compute"], video.model_extra["num_inference_steps"]
+    assert c["row_forwards"] + c["row_forwards_skipped"] == 2 * steps  # t2v, top-1: two branches a step
+    assert 0 < c["row_forwards_skipped"] < steps
+    blocks = c["block_forwards"] + c["block_forwards_skipped"]
+    assert blocks % (2 * steps) == 0 and c["block_forwards_skipped"] >= c["row_forwards_skipped"] * blocks // (2 * steps)
 
 
 def test_image_to_video_through_input_reference(sdk, tmp_path):
