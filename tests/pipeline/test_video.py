@@ -1,5 +1,5 @@
-"""An MP4 that ffmpeg could not finish (a full disk; imageio does not report its exit status)
-is an OSError, not a file that looks written."""
+"""An MP4 that could not be finished (a full disk, a crash) is an OSError, not a file that looks
+written; so is one that cannot be written at all."""
 
 import numpy as np
 import pytest
@@ -17,3 +17,12 @@ def test_a_truncated_mp4_is_an_os_error_and_a_whole_one_passes(tmp_path):
         part.write_bytes(data[:cut])
         with pytest.raises(OSError, match="incomplete"):
             check_mp4(part)
+
+
+def test_an_unwritable_place_is_an_os_error_without_the_path(tmp_path):
+    frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")  # a path below a file cannot be created, even by root
+    with pytest.raises(OSError) as caught:
+        write_mp4(frames, 8, not_a_dir / "video.mp4")
+    assert str(tmp_path) not in str(caught.value)
