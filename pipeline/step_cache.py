@@ -87,7 +87,8 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
 def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[torch.Tensor, list[int]]:
     """The expert's output for every row (`inputs` are MMDiT.forward's arguments), and the
     number of blocks each row ran. It is one call of the expert, so a streamed expert's hooks
-    bring its stem and its blocks as in a plain forward (the blocks only if some row computes)."""
+    bring its stem and its blocks as in a plain forward (a pass where every row reuses runs no
+    block but still copies the stem and the first window of blocks)."""
     blocks: list[int] = []
 
     def run(h: Hidden) -> Hidden:
