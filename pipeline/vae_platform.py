@@ -20,7 +20,7 @@ CUDNN_HALF_CONV3D_BROKEN = (90800, 91500)  # torch.backends.cudnn.version() numb
 
 
 class UnsupportedPlatform(RuntimeError):
-    pass
+    """This torch/cuDNN is known to fail on the VAE: the worker refuses to start on it."""
 
 
 def _release(version: str) -> tuple[int, int]:
