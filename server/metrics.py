@@ -42,7 +42,7 @@ class Metrics:
         try:
             own.execute()
         except redis.RedisError:
-            pass
+            pass  # metrics are best effort: a lost count must never fail the job it describes
 
     def count(self, name: str, label: str = "", by: float = 1, pipe: redis.client.Pipeline | None = None) -> None:
         with self._writes(pipe) as p:
