@@ -425,34 +425,12 @@ class Engine:
         return outputs
 
     def _expert_forward(self, expert, key: str, rows: list[tuple[RequestState, Branch]]) -> torch.Tensor:
-        dtype, config = expert.dtype, expert.config
-        img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
-        texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
-        txt = torch.cat([e.tokens for e in texts]).to(dtype)
-        vec = torch.cat([e.pooled for e in texts]).to(dtype)
-        cond = torch.cat([self._image_cond(s, b) for s, b in rows]).to(dtype) if config.cond_embed else None
-        img_ids = torch.cat([s.img_ids for s, _ in rows])
-        txt_ids = torch.zeros(len(rows), txt.shape[1], 3, device=img.device)
-        timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=torch.float32)
         self.stats.expert_forwards += 1
         self.stats.expert_rows += len(rows)
-        inputs = (img, img_ids, txt, txt_ids, timesteps, vec, cond)
-        cache_rows = [CacheRow(s.step_cache, key, b, s.step) for s, b in rows]
-        if any(r.cache.policy.enabled for r in cache_rows):
-            out, blocks = cached_forward(expert, inputs, cache_rows)
-        else:  # the plain forward: every row runs every block
-            out, blocks = expert(*inputs), [expert.num_blocks] * len(rows)
+        out, blocks = forward_rows(expert, key, rows)
         for (s, _), ran in zip(rows, blocks):
             s.compute.ran_row(ran, expert.num_blocks)
-        return out.float()
-
-    def _image_cond(self, s: RequestState, branch: Branch) -> torch.Tensor:
-        """The expert's condition input: the first frame (i2v, except in the branch that drops
-        it), else zeros."""
-        if s.first_frame_cond is not None and branch is not Branch.UNCOND_ALL:
-            return s.first_frame_cond
-        config = self.model.expert_config
-        return torch.zeros(1, s.img_ids.shape[1], config.in_channels + config.patch_size**2, device=s.latents.device)
+        return out
 
     # -- finished requests -----------------------------------------------------------------
     def _finish_done(self, events: list[Event]) -> None:
@@ -480,6 +458,42 @@ class Engine:
                 result = GenerationResult(videos[i][: s.request.num_frames], s.request, s.trace,
                                           s.trace.summary(self.model.num_experts), moved, s.compute)
                 events.append(Finished(s.job_id, result))
+
+
+def expert_inputs(expert, rows: list[tuple[RequestState, Branch]]) -> tuple:
+    """MMDiT.forward's arguments for a batch of rows (request, guidance branch): latents, text
+    and image condition in the expert's dtype, fp32 timesteps."""
+    dtype, config = expert.dtype, expert.config
+    img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
+    texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
+    txt = torch.cat([e.tokens for e in texts]).to(dtype)
+    vec = torch.cat([e.pooled for e in texts]).to(dtype)
+    cond = torch.cat([image_cond(s, b, config) for s, b in rows]).to(dtype) if config.cond_embed else None
+    img_ids = torch.cat([s.img_ids for s, _ in rows])
+    txt_ids = torch.zeros(len(rows), txt.shape[1], 3, device=img.device)
+    timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=torch.float32)
+    return img, img_ids, txt, txt_ids, timesteps, vec, cond
+
+
+def forward_rows(expert, key: str, rows: list[tuple[RequestState, Branch]], decide=None) -> tuple[torch.Tensor, list[int]]:
+    """One expert forward over `rows` as the engine runs it: the fp32 output and the blocks each
+    row ran (step-cached rows may run none). `decide` overrides the step cache's per-row choice
+    (the planner's meta-device measurements, where tensors have no values)."""
+    inputs = expert_inputs(expert, rows)
+    cache_rows = [CacheRow(s.step_cache, key, b, s.step) for s, b in rows]
+    if any(r.cache.policy.enabled for r in cache_rows):
+        out, blocks = cached_forward(expert, inputs, cache_rows, decide)
+    else:  # the plain forward: every row runs every block
+        out, blocks = expert(*inputs), [expert.num_blocks] * len(rows)
+    return out.float(), blocks
+
+
+def image_cond(s: RequestState, branch: Branch, config) -> torch.Tensor:
+    """The expert's condition input: the first frame (i2v, except in the branch that drops it),
+    else zeros."""
+    if s.first_frame_cond is not None and branch is not Branch.UNCOND_ALL:
+        return s.first_frame_cond
+    return torch.zeros(1, s.img_ids.shape[1], config.in_channels + config.patch_size**2, device=s.latents.device)
 
 
 def _group_by(items, key) -> list[list]:

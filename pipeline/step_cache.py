@@ -84,7 +84,7 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     return (now - before).abs().mean(dim=(1, 2)) / before.abs().mean(dim=(1, 2)).clamp_min(1e-12)
 
 
-def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[torch.Tensor, list[int]]:
+def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow], decide=None) -> tuple[torch.Tensor, list[int]]:
     """The expert's output for every row (`inputs` are MMDiT.forward's arguments), and the
     number of blocks each row ran. It is one call of the expert, so a streamed expert's hooks
     bring its stem and its blocks as in a plain forward (a pass where every row reuses runs no
@@ -94,7 +94,7 @@ def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[
     def run(h: Hidden) -> Hidden:
         """Updates `h` (this forward's own) in place, as MMDiT.run_blocks does."""
         signal = expert.modulated_input(h)
-        reuse = _decide(signal, rows)
+        reuse = (decide or _decide)(signal, rows)
         # entries keep copies of their rows (a view would hold the whole batch's tensor); the
         # batch's signal goes before the blocks run
         signals = [signal[i].clone() for i in range(len(rows))]
