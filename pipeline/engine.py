@@ -36,10 +36,10 @@ from .models.expert import image_positions, pack, unpack
 from .request import ResolvedRequest
 from .request_state import RequestState, TextEmbedding
 from .results import Event, Failed, Finished, GenerationResult, Progress, ResidencyDelta
-from .routing import policy_for
+from .routing import FullEnsemble, TopK, policy_for
 from .sampling import Branch, Guidance
 from .scheduler import ExpertScheduler, RequestNeeds, TickPlan
-from .speed import PRESETS
+from .speed import PRESETS, CachePolicy
 from .step_cache import CacheRow, StepCache, cached_forward
 
 # Used every tick or two beside the experts (routing, decoding): planned in first, evicted last.
@@ -57,6 +57,7 @@ class MemoryLimits:
     cache_entries: int = CACHE_ENTRIES
     cache_bytes: int | None = None
     on_demand: frozenset[str] = frozenset()  # encoders that leave the device once their phase is done
+    step_cache_rows: int | None = None  # rows that may hold step-cache entries at once (pipeline/step_cache.py)
 
 
 def failure_code(exc: BaseException, stage_code: str) -> str:
@@ -295,12 +296,14 @@ class Engine:
         noise = torch.randn((1, m.latent_channels, t, h, w), generator=generator, dtype=torch.float32).to(m.device)
         patch = m.expert_config.patch_size
         alpha = sampling.resolution_shift((h // patch) * (w // patch), t)
+        policy = policy_for(req, m.manifest.routing.renormalize)
+        held = sum(s.step_cache.rows for s in self.active.values())
         state = RequestState(
-            job_id=job_id, request=req, policy=policy_for(req, m.manifest.routing.renormalize), latents=noise,
+            job_id=job_id, request=req, policy=policy, latents=noise,
             timesteps=sampling.timesteps(req.num_inference_steps, alpha), prompt=prompt, negative=negative,
             img_ids=image_positions(t, h, w, patch)[None].to(m.device),
             loads_at_start=(m.residency.stats.expert_loads(), m.residency.stats.bytes_to_device),
-            step_cache=StepCache(PRESETS[req.speed].cache, req.num_inference_steps),
+            step_cache=step_cache_for(req, policy, m.num_experts, self.limits.step_cache_rows, held),
         )
         if image is not None:
             ref, feature = image
@@ -458,6 +461,18 @@ class Engine:
                 result = GenerationResult(videos[i][: s.request.num_frames], s.request, s.trace,
                                           s.trace.summary(self.model.num_experts), moved, s.compute)
                 events.append(Finished(s.job_id, result))
+
+
+def step_cache_for(req: ResolvedRequest, routing, num_experts: int, limit: int | None, held: int) -> StepCache:
+    """The request's step cache: its preset's, while its rows (guidance branches x experts a
+    step) fit the plan's `limit` beside the `held` rows of the active requests; else none, and
+    the request computes every block (the quality preset's output)."""
+    policy = PRESETS[req.speed].cache
+    experts = routing.k if isinstance(routing, TopK) else num_experts if isinstance(routing, FullEnsemble) else 1
+    rows = (3 if req.has_image else 2) * experts if policy.enabled else 0
+    if limit is not None and held + rows > limit:
+        policy, rows = CachePolicy(), 0
+    return StepCache(policy, req.num_inference_steps, rows)
 
 
 def expert_inputs(expert, rows: list[tuple[RequestState, Branch]]) -> tuple:

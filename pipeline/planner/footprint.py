@@ -85,6 +85,8 @@ class ExpertCost:
     block_bytes: tuple[int, ...]  # double-stream blocks, then single-stream blocks, in forward order
     block_flops_per_row: tuple[int, ...]  # same order
     stem_bytes: int  # everything outside the blocks: embedders and the final layer
+    image_row_bytes: int = 0  # one row's image tokens (N x hidden) in the expert's dtype: a step-cache tensor
+    modulation_bytes: int = 0  # block 0's image modulation, copied to the device for the step-cache signal
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ def measure_expert(expert: MMDiT, shape: ClipShape) -> ExpertCost:
         block_bytes=block_bytes,
         block_flops_per_row=tuple(sum(per_module.get(n, {}).values()) for n in names),
         stem_bytes=module_bytes(expert) - sum(block_bytes),
+        image_row_bytes=shape.image_tokens * expert.config.hidden_size * expert.dtype.itemsize,
+        modulation_bytes=module_bytes(expert.double_blocks[0].img_mod),
     )
 
 

@@ -34,4 +34,5 @@ def memory_limits(plan: Plan) -> MemoryLimits:
     return MemoryLimits(
         rows_per_forward=plan.rows_per_forward, decodes_at_once=plan.decodes_at_once,
         cache_entries=plan.cache_entries, cache_bytes=plan.cache_entries * plan.footprint.embedding_bytes,
+        step_cache_rows=plan.step_cache_rows,
         on_demand=frozenset(n for n, p in plan.placement.items() if p is Placement.ON_DEMAND))
