@@ -455,6 +455,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     on the VAE or a budget that cannot serve one request of the largest size the model allows."""
     import torch
 
+    from pipeline.cuda_env import configure_process
     from pipeline.engine import MemoryLimits
     from pipeline.loader import load_model, quiet_library_logging
     from pipeline.manifest import read_manifest
@@ -462,6 +463,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     from pipeline.planner.serving import memory_limits
     from pipeline.vae_platform import UnsupportedPlatform, check_vae_platform
 
+    configure_process(settings.device)  # before any CUDA call: the allocator's settings, and only this device
     if settings.threads:
         torch.set_num_threads(settings.threads)
     t0 = time.time()
