@@ -460,7 +460,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     from pipeline.loader import load_model, quiet_library_logging
     from pipeline.manifest import read_manifest
     from pipeline.planner.plan import PlanRefused
-    from pipeline.planner.serving import memory_limits
+    from pipeline.planner.serving import memory_limits, residency_settings
     from pipeline.vae_platform import UnsupportedPlatform, check_vae_platform
 
     configure_process(settings.device)  # before any CUDA call: the allocator's settings, and only this device
@@ -474,12 +474,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
         plan = memory_plan(settings)
     except (UnsupportedPlatform, PlanRefused) as exc:
         raise WorkerRefused(str(exc)) from None
-    # Streamed experts' windows sit beside the weights placed whole: the residency's budget is
-    # for the latter only.
-    model = load_model(settings.model, device=device,
-                       budget_bytes=plan.weight_budget - plan.window_bytes if plan else None,
-                       host_budget_bytes=plan.pinned_budget if plan else None,
-                       streamed={n: plan.target.window_blocks for n in plan.streamed} if plan else None)
+    model = load_model(settings.model, device=device, **residency_settings(plan))
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
                     limits=memory_limits(plan) if plan else MemoryLimits())
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))

@@ -30,6 +30,18 @@ def serving_plan(folder: str | Path, target: Target) -> Plan:
     return make_plan(measure_footprint(folder, max_batch=target.max_batch), target)
 
 
+def residency_settings(plan: Plan | None) -> dict:
+    """The residency's arguments under `plan` (load_model's keywords; none without a plan).
+    Components placed whole get the weight budget less the streaming window (the window sits
+    beside them); encoders on demand also the room the largest phase leaves while encoding."""
+    if plan is None:
+        return {}
+    return {"budget_bytes": plan.weight_budget - plan.window_bytes, "host_budget_bytes": plan.pinned_budget,
+            "streamed": {n: plan.target.window_blocks for n in plan.streamed},
+            "on_demand": frozenset(n for n, p in plan.placement.items() if p is Placement.ON_DEMAND),
+            "encoder_room": plan.encoder_room}
+
+
 def memory_limits(plan: Plan) -> MemoryLimits:
     return MemoryLimits(
         rows_per_forward=plan.rows_per_forward, decodes_at_once=plan.decodes_at_once,

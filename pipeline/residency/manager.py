@@ -10,6 +10,9 @@ component one of two ways, and `streamed` (name -> window blocks) carries its ch
 - streamed: never placed whole; `get` returns the module with its blocks streamed from the
   slab through a window of device buffers as it runs (streaming.py). `budget_bytes` does not
   count the window: the plan holds it apart.
+- on demand (`on_demand`: encoders the plan keeps on the host): placed whole for their phase,
+  they may also fill `encoder_room`, the room the largest phase leaves while encoding, so that
+  bringing T5 for new prompts never evicts a resident expert (the engine evicts them after).
 Loads are all or nothing: the device buffer is taken and every copy issued before any tensor
 points at it, so a failure (out of memory, a failed copy) frees the buffer and leaves the
 component where it was, and the counters count only what happened.
@@ -78,11 +81,12 @@ class _Entry:
 class Residency:
     def __init__(self, device: torch.device | str = "cpu", budget_bytes: int | None = None,
                  host_budget_bytes: int | None = None, streamed: dict[str, int] | None = None,
-                 transfers: Transfers | None = None):
+                 transfers: Transfers | None = None, on_demand: frozenset[str] = frozenset(), encoder_room: int = 0):
         self.device = torch.device(device)
         self.budget_bytes = budget_bytes
         self.host_budget_bytes = default_host_memory() if host_budget_bytes is None else host_budget_bytes
         self.streamed = dict(streamed or {})
+        self.on_demand, self.encoder_room = frozenset(on_demand), encoder_room
         self.transfers = transfers or transfers_for(self.device)
         self._entries: dict[str, _Entry] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # on the device, least recent first
@@ -198,7 +202,8 @@ class Residency:
     def _bring(self, name: str, demand: set[str], ahead: bool = False) -> None:
         """Host -> device, the whole component (read from disk first if needed). All or nothing."""
         entry = self._entries[name]
-        self._make_room(entry.nbytes, keep={name}, demand=demand)
+        room = self.encoder_room if name in self.on_demand else 0
+        self._make_room(entry.nbytes, keep={name}, demand=demand, room=room)
         if entry.module is None:
             self._read(name, keep={name} | demand)
         start = time.perf_counter()
@@ -219,10 +224,11 @@ class Residency:
         self.stats.device_loads[name] = self.stats.device_loads.get(name, 0) + 1
         self.stats.bytes_to_device += slab.nbytes
 
-    def _make_room(self, needed: int, keep: set[str], demand: set[str]) -> None:
+    def _make_room(self, needed: int, keep: set[str], demand: set[str], room: int = 0) -> None:
+        """Evicts until `needed` more bytes fit the budget (plus `room`, an encoder's phase room)."""
         if self.budget_bytes is None:
             return
-        while self.resident_bytes + needed > self.budget_bytes:
+        while self.resident_bytes + needed > self.budget_bytes + room:
             candidates = [n for n in self._lru if n not in keep]
             if not candidates:
                 return  # one component larger than the whole budget still runs
