@@ -60,8 +60,18 @@ class MemoryLimits:
     step_cache_rows: int | None = None  # rows that may hold step-cache entries at once (pipeline/step_cache.py)
 
 
+# How CUDA libraries report a failed allocation without torch.OutOfMemoryError: cuBLAS and cuDNN
+# handles and workspaces, cuDNN finding no algorithm whose workspace fits (a Conv3d's usual
+# out-of-memory), and a raw "out of memory" from the runtime or driver (torch.AcceleratorError).
+OUT_OF_MEMORY_MESSAGES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                          "Unable to find a valid cuDNN algorithm", "error: out of memory")
+
+
 def failure_code(exc: BaseException, stage_code: str) -> str:
-    return OUT_OF_MEMORY if isinstance(exc, torch.OutOfMemoryError) else stage_code
+    if isinstance(exc, torch.OutOfMemoryError) or (
+            isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MESSAGES)):
+        return OUT_OF_MEMORY
+    return stage_code
 
 
 def _chunks(items: list, size: int | None) -> list[list]:

@@ -25,6 +25,7 @@ is a second buffer in RAM and copies are done at once, so the CPU tests cover lo
 eviction, host trimming and streaming as CUDA runs them.
 """
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +40,9 @@ from .budget import default_host_memory
 from .slab import HostSlab
 from .streaming import BlockStream, streamed_blocks
 from .transfers import Transfers, transfers_for
+
+
+log = logging.getLogger("paris.residency")
 
 
 class HostBudgetExceeded(MemoryError):
@@ -150,7 +154,8 @@ class Residency:
         evicting anything in `protect` (never the expert computing now). Only where a copy runs
         while compute does (CUDA: on the side stream); a CPU would gain nothing and could evict
         what it brought before its use. A streamed component has nothing to place; a failed
-        allocation leaves everything as it was."""
+        allocation leaves everything as it was. A failure is only logged (False): the prefetch is
+        speculative, and the component's real use raises it for the requests that need it."""
         with self._lock:
             entry = self._entries[name]
             if not self.transfers.overlaps or entry.window is not None or entry.on_device:
@@ -161,7 +166,8 @@ class Residency:
                 return False
             try:
                 self._bring(name, set(protect), ahead=True)
-            except torch.OutOfMemoryError:
+            except Exception as exc:  # out of memory, a disk error, the host budget, a refused pin
+                log.warning(f"prefetch of {name} failed, it is brought when used: {exc!r}")
                 return False
             self.stats.prefetches += 1
             return True
