@@ -30,6 +30,11 @@ def serving_plan(folder: str | Path, target: Target) -> Plan:
     return make_plan(measure_footprint(folder, max_batch=target.max_batch), target)
 
 
+def generation_plan(folder: str | Path, target: Target, size: str, frames: int) -> Plan:
+    """`paris generate`'s plan: the worker's planner for one request of the size it asks."""
+    return make_plan(measure_footprint(folder, size, frames, max_batch=target.max_batch), target)
+
+
 def residency_settings(plan: Plan | None) -> dict:
     """The residency's arguments under `plan` (load_model's keywords; none without a plan).
     Components placed whole get the weight budget less the streaming window (the window sits
