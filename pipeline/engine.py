@@ -486,8 +486,9 @@ def step_cache_for(req: ResolvedRequest, routing, num_experts: int, limit: int |
 
 
 def expert_inputs(expert, rows: list[tuple[RequestState, Branch]]) -> tuple:
-    """MMDiT.forward's arguments for a batch of rows (request, guidance branch): latents, text
-    and image condition in the expert's dtype, fp32 timesteps."""
+    """MMDiT.forward's arguments for a batch of rows (request, guidance branch): latents, text,
+    image condition and timesteps in the expert's dtype (Open-Sora v2 builds its timesteps in
+    the latents' dtype, bf16 for the released weights; the router gets the same rounding)."""
     dtype, config = expert.dtype, expert.config
     img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
     texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
@@ -496,7 +497,7 @@ def expert_inputs(expert, rows: list[tuple[RequestState, Branch]]) -> tuple:
     cond = torch.cat([image_cond(s, b, config) for s, b in rows]).to(dtype) if config.cond_embed else None
     img_ids = torch.cat([s.img_ids for s, _ in rows])
     txt_ids = torch.zeros(len(rows), txt.shape[1], 3, device=img.device)
-    timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=torch.float32)
+    timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=dtype)
     return img, img_ids, txt, txt_ids, timesteps, vec, cond
 
 

@@ -140,12 +140,12 @@ def split_flops(counts: dict) -> ForwardFlops:
 
 
 def expert_forward(expert: MMDiT, shape: ClipShape, rows: int) -> torch.Tensor:
-    """One forward with the engine's inputs (bf16 latents, fp32 timesteps) and fp32 output."""
+    """One forward with the engine's inputs (in the expert's dtype) and fp32 output."""
     c, n, dtype = expert.config, shape.image_tokens, expert.dtype
     cond = torch.empty(rows, n, c.in_channels + c.patch_size**2, dtype=dtype) if c.cond_embed else None
     return expert(torch.empty(rows, n, c.in_channels, dtype=dtype), torch.empty(rows, n, 3, dtype=torch.long),
                   torch.empty(rows, shape.text_tokens, c.context_in_dim, dtype=dtype),
-                  torch.zeros(rows, shape.text_tokens, 3), torch.empty(rows),
+                  torch.zeros(rows, shape.text_tokens, 3), torch.empty(rows, dtype=dtype),
                   torch.empty(rows, c.vec_in_dim, dtype=dtype), cond).float()
 
 

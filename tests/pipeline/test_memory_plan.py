@@ -161,7 +161,7 @@ def test_paris_2_footprint_matches_the_readiness_measurements(footprint):
     s, e = footprint.shape, footprint.expert
     assert (s.latent_frames, s.latent_height, s.image_tokens, s.text_tokens) == (33, 32, 8448, 512)
     # 1.97 / 15.8 GiB of activations at 2 / 16 rows; ours also holds the forward's inputs and fp32 output (~10 MB a row)
-    inputs_and_output = 8448 * (64 + 68) * BF16 + 8448 * 3 * 8 + 512 * 4096 * BF16 + 512 * 3 * F32 + 4 + 768 * BF16 + 8448 * 64 * (BF16 + F32)
+    inputs_and_output = 8448 * (64 + 68) * BF16 + 8448 * 3 * 8 + 512 * 4096 * BF16 + 512 * 3 * F32 + BF16 + 768 * BF16 + 8448 * 64 * (BF16 + F32)
     assert (e.activation.at(2) - 2 * inputs_and_output) / GiB == pytest.approx(1.97, abs=0.005)
     assert e.activation.at(16) / GiB == pytest.approx(15.87, abs=0.01)
     assert footprint.decode_peak / GiB == pytest.approx(17.78, abs=0.01)
