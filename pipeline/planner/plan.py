@@ -217,6 +217,23 @@ class Plan:
         rows = sorted({2, f.rows_per_request, 2 * batch, f.rows_per_request * batch, self.rows_per_forward})
         return {r: f.expert.activation.at(r) for r in rows}
 
+    def full_batch(self, cached: bool, rows_per_request: int) -> dict:
+        """What `max_batch` requests of one kind (2 rows each for text-to-video, 3 for
+        image-to-video, one expert a step) need under this plan: the rows the engine grants a
+        step cache (whole requests, only when the preset caches), and per phase the device bytes
+        in use at its peak (everything standing plus the phase and its headroom) and the headroom
+        the budget leaves it beyond its bytes."""
+        f, batch = self.footprint, self.target.max_batch
+        per_request = rows_per_request if cached else 0
+        granted = min(batch, self.step_cache_rows // per_request) * per_request if per_request else 0
+        rows = min(self.rows_per_forward, batch * rows_per_request)
+        phases = dict(self.phases)
+        phases["denoise"] = max(f.router_peak, f.expert.activation.at(rows) + (rows * f.expert.image_row_bytes if granted else 0))
+        standing = self.resident_bytes + self.window_bytes + self.embedding_bytes + granted * 2 * f.expert.image_row_bytes
+        return {"step_cache_rows": granted, "rows_per_forward": rows,
+                "used": {k: standing + v + phase_headroom(v) for k, v in phases.items()},
+                "headroom": {k: self.budget - standing - v for k, v in phases.items()}}
+
     def _brought(self, name: str) -> int:
         return self.footprint.weights.get(name, 0) if self.placement.get(name) is Placement.ON_DEMAND else 0
 
@@ -238,6 +255,9 @@ class Plan:
             "phase_headroom": self.phase_headroom, "largest_phase": self.largest_phase,
             "device_bytes": self.device_bytes, "weight_budget": self.weight_budget, "encoder_room": self.encoder_room,
             "host_bytes": self.host_bytes, "device_headroom": self.budget - self.device_bytes,
+            "full_batches": {f"{'cached' if cached else 'plain'} {kind}": self.full_batch(cached, rows)
+                             for cached in (False, True) for kind, rows in (("t2v", 2), ("i2v", 3))
+                             if rows <= f.rows_per_request},
         }
 
 
