@@ -476,7 +476,7 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
         raise WorkerRefused(str(exc)) from None
     model = load_model(settings.model, device=device, **residency_settings(plan))
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
-                    limits=memory_limits(plan) if plan else MemoryLimits())
+                    limits=memory_limits(plan) if plan else MemoryLimits(), stream_batch=plan.stream_batch if plan else 1)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, open_artifacts(settings, patient=True), engine)

@@ -81,7 +81,8 @@ def table(plan: Plan) -> str:
     rows += [f"{n:<10} {gib(f.weights[n]):>10}  {f.weight_sources[n]:<11} {where(plan, n)}" for n in plan.placement]
     peaks = ", ".join(f"{r} rows {gib(b)}" for r, b in plan.activation_peaks.items())
     rows += ["", f"expert forward activation peak: {peaks} (2 rows per text-to-video request, 3 per image-to-video)",
-             f"rows per forward: {plan.rows_per_forward}",
+             f"rows per forward: {plan.rows_per_forward}; a streamed pass gathers {plan.stream_batch} request(s)"
+             " (stream_batch, sized for an H100 at the plan's clip)",
              f"VAE decode peak: {gib(f.decode_peak)} per video; {plan.decodes_at_once} decoded at a time",
              f"embedding cache: {plan.cache_entries} texts",
              f"step cache: {plan.step_cache_rows} rows ({gib(plan.step_cache_bytes)}); a request whose rows do not fit"

@@ -42,6 +42,7 @@ expert), step-cache rows for requests that mix several experts a step, and more 
 decoded at once only where they fit in the room another phase already needs.
 """
 
+import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -53,6 +54,11 @@ MIN_RESERVE = 2 * GiB  # cuBLAS and cuDNN workspaces, and allocator fragmentatio
 RESERVE_SHARE = 0.05  # allocator fragmentation grows with the pool
 ON_DEMAND_ENCODERS = ("t5", "clip", "dinov2")  # the engine needs them only while encoding
 WINDOW_BLOCKS = 3  # one block computing, two in flight: hides the copy wherever compute can
+# The device the plan sizes `stream_batch` for: an H100 SXM (989 TFLOP/s dense bf16) at the
+# expert's model-FLOP utilisation in Open-Sora 2.0's own run (~45%), copying pinned host memory
+# at 50 GB/s (PCIe 5 x16). An estimate: tests/benchmarks/gpu_expert_11b.py measures both.
+PLAN_FLOPS_PER_S = 989e12 * 0.45
+PLAN_COPY_BYTES_PER_S = 50e9
 PHASE_HEADROOM_SHARE = 0.03  # of a phase's bytes: 2 MiB page rounding of its live blocks (allocator model above)
 PHASE_HEADROOM_MIN = 256 * 2**20
 
@@ -217,6 +223,18 @@ class Plan:
         rows = sorted({2, f.rows_per_request, 2 * batch, f.rows_per_request * batch, self.rows_per_forward})
         return {r: f.expert.activation.at(r) for r in rows}
 
+    @property
+    def stream_batch(self) -> int:
+        """Requests a streamed expert's pass waits to gather (the scheduler's stream_batch, never
+        past --max-wait): as many text-to-video requests as it takes for the pass's compute at
+        the plan's clip to cover copying the expert (1 when nothing streams)."""
+        if not self.streamed:
+            return 1
+        f = self.footprint
+        copy_s = f.weights[f.expert_names[0]] / PLAN_COPY_BYTES_PER_S
+        row_s = f.expert.flops_per_row.total / PLAN_FLOPS_PER_S
+        return max(1, math.ceil(math.ceil(copy_s / row_s) / 2))
+
     def full_batch(self, cached: bool, rows_per_request: int) -> dict:
         """What `max_batch` requests of one kind (2 rows each for text-to-video, 3 for
         image-to-video, one expert a step) need under this plan: the rows the engine grants a
@@ -246,7 +264,7 @@ class Plan:
             "components": {n: {"bytes": f.weights[n], "from": f.weight_sources[n], "placement": str(p)}
                            for n, p in self.placement.items()},
             "streamed": self.streamed, "window_blocks": self.target.window_blocks if self.streamed else 0,
-            "window_bytes": self.window_bytes, "rows_per_forward": self.rows_per_forward,
+            "window_bytes": self.window_bytes, "stream_batch": self.stream_batch, "rows_per_forward": self.rows_per_forward,
             "decodes_at_once": self.decodes_at_once, "cache_entries": self.cache_entries,
             "embedding_bytes": self.embedding_bytes, "step_cache_rows": self.step_cache_rows,
             "step_cache_bytes": self.step_cache_bytes,

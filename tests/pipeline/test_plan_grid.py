@@ -48,3 +48,12 @@ def test_the_table_prints_each_presets_full_batches_with_the_headroom_of_each_ph
         if not PRESETS[Speed(speed)].cache.enabled:
             assert line.split()[2] == "0"  # the quality preset caches nothing
     assert "allocator headroom" in out
+
+
+def test_stream_batch_is_the_requests_whose_compute_covers_a_streamed_copy(capsys):
+    """Independently: 23.78 GB at 50 GB/s is 0.476 s; a 33-frame row is 41.9 TFLOP, 0.094 s at
+    445 TFLOP/s: 6 rows, 3 two-row requests. At 129 frames a row (171.9 TFLOP, 0.386 s) needs
+    2 rows: 1 request."""
+    assert json.loads(plan(capsys, 80, "--json", "--frames", "33"))["stream_batch"] == 3
+    assert json.loads(plan(capsys, 80, "--json"))["stream_batch"] == 1
+    assert json.loads(plan(capsys, 141, "--json", "--frames", "33"))["stream_batch"] == 1  # nothing streams
