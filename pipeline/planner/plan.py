@@ -228,12 +228,7 @@ class Plan:
         """Requests a streamed expert's pass waits to gather (the scheduler's stream_batch, never
         past --max-wait): as many text-to-video requests as it takes for the pass's compute at
         the plan's clip to cover copying the expert (1 when nothing streams)."""
-        if not self.streamed:
-            return 1
-        f = self.footprint
-        copy_s = f.weights[f.expert_names[0]] / PLAN_COPY_BYTES_PER_S
-        row_s = f.expert.flops_per_row.total / PLAN_FLOPS_PER_S
-        return max(1, math.ceil(math.ceil(copy_s / row_s) / 2))
+        return stream_batch_for(self.footprint) if self.streamed else 1
 
     def full_batch(self, cached: bool, rows_per_request: int) -> dict:
         """What `max_batch` requests of one kind (2 rows each for text-to-video, 3 for
@@ -277,6 +272,15 @@ class Plan:
                              for cached in (False, True) for kind, rows in (("t2v", 2), ("i2v", 3))
                              if rows <= f.rows_per_request},
         }
+
+
+def stream_batch_for(footprint: Footprint, flops_per_s: float = PLAN_FLOPS_PER_S,
+                     copy_bytes_per_s: float = PLAN_COPY_BYTES_PER_S) -> int:
+    """Text-to-video requests (2 rows each) whose forward computes at least as long as copying
+    one expert takes."""
+    copy_s = footprint.weights[footprint.expert_names[0]] / copy_bytes_per_s
+    row_s = footprint.expert.flops_per_row.total / flops_per_s
+    return max(1, math.ceil(math.ceil(copy_s / row_s) / 2))
 
 
 def least_plan(footprint: Footprint, target: Target) -> Plan:
