@@ -20,10 +20,12 @@ budget (its memory less a reserve) must hold
 - a phase's need is its bytes plus headroom for the allocator (below).
 
 Allocator model. Workers and `paris generate` run PyTorch's CUDA caching allocator with
-`expandable_segments:True` (pipeline/allocator.py; a user's own PYTORCH_CUDA_ALLOC_CONF is left
-as it is, with a warning when it turns them off). With expandable segments a freed range is
-mapped again where the next allocation needs it, so a phase needs its allocated peak plus the
-rounding of each live block to 2 MiB pages; no contiguous hole is ever needed. The plan books
+`expandable_segments:True` (pipeline/cuda_env.py; a user's own PYTORCH_CUDA_ALLOC_CONF is left
+as it is, with a warning when it turns them off). With expandable segments the pool is one
+virtual segment per stream that grows by mapping pages; when memory is short, pages no live
+block uses are unmapped and mapped again where the next allocation needs them, so no
+contiguous free range of physical memory is ever needed and a phase needs its allocated peak
+plus the page rounding of its live blocks (2 MiB each). The plan books
 PHASE_HEADROOM_SHARE of each phase's bytes, at least PHASE_HEADROOM_MIN, on top of it, and
 the reserve (5% of the device, at least 2 GiB) holds cuBLAS/cuDNN workspaces. Without
 expandable segments the default allocator's best-fit segments can need up to 1.4x a phase's
