@@ -8,7 +8,7 @@ minutes on one H100/H200 (`--budget-s` stops starting new sections past that).
 It checks first, offline, what it needs (torch with CUDA, diffusers, safetensors; transformers
 is not needed) and says what is missing (exit 2). It runs with PYTORCH_CUDA_ALLOC_CONF =
 expandable_segments:True, as workers do (unless the variable is set), then runs its memory
-section again in a child process with expandable_segments:False. One JSON object, printed at
+section in a child process with expandable_segments:False first. One JSON object, printed at
 the end (versions also first, in case what follows fails):
 - versions, the allocator configuration, the SDPA backend the expert's attention runs on
   (the aten op the dispatcher picked, recorded by the profiler);
@@ -141,7 +141,7 @@ class Run:
 
     def best_of(self, fn, runs: int = RUNS) -> float:
         fn()  # warm-up: kernel choice, allocator
-        return min(self.timed(fn) for _ in range(1 if self.args.tiny else runs))
+        return min(self.timed(fn) for _ in range(runs))
 
     def memory(self, fn) -> dict:
         """Peak allocated and reserved bytes above what was held before `fn`. On a CPU the
@@ -203,6 +203,9 @@ class Run:
         from pipeline.residency import Residency
 
         print(json.dumps({"versions": self.result["versions"], "allocator": self.result["allocator"]}), flush=True)
+        if self.cuda and not (self.args.memory_only or self.args.no_allocator_ab or self.args.tiny):
+            # first, while this process holds nothing: two processes' pinned experts would not fit the host
+            self.result["default_allocator"] = self.allocator_ab()
         t0 = time.perf_counter()
         self.resident = Residency(self.device)
         self.streamed = Residency(self.device, streamed={"expert": WINDOW})
@@ -222,8 +225,6 @@ class Run:
             t = time.perf_counter()
             section()
             timings[name] = round(time.perf_counter() - t, 1)
-        if self.cuda and not (self.args.memory_only or self.args.no_allocator_ab or self.args.tiny):
-            self.result["default_allocator"] = self.allocator_ab()
         self.result["seconds"] = round(time.perf_counter() - self.start, 1)
         print(json.dumps(self.result, indent=2), flush=True)
         return self.result
@@ -247,7 +248,7 @@ class Run:
                 transfers.wait(transfers.ahead([(buffer, slab.unit(unit))]))
                 del buffer  # after the wait: freed once the compute stream is past the copy
 
-            seconds = self.best_of(copy, runs=3)
+            seconds = self.best_of(copy, runs=1 if self.args.tiny else 3)
             return {"bytes": unit.nbytes, "seconds": round(seconds, 5), "gb_per_s": round(unit.nbytes / seconds / 1e9, 1)}
 
         def reload():
@@ -256,7 +257,7 @@ class Run:
 
         copies = {"double_block": one(units[1]), "single_block": one(units[1 + self.shape.config.depth])}
         with torch.inference_mode():
-            whole = self.best_of(reload)
+            whole = self.best_of(reload, 1 if self.args.tiny else RUNS)
         self.expert = self.resident.get("expert")
         copies["expert"] = {"bytes": slab.nbytes, "seconds": round(whole, 4), "gb_per_s": round(slab.nbytes / whole / 1e9, 1)}
         self.result["copies"] = copies
@@ -270,11 +271,12 @@ class Run:
                 if self.over_budget(f"forward {frames} frames {rows} rows"):
                     continue
                 x = self.inputs(latent_frames, rows)
+                runs = 1 if self.args.tiny or rows > 2 else RUNS  # the large cases take seconds each: one timed run
                 with torch.inference_mode(), sdpa_kernel(self.attention):
-                    resident_s = self.best_of(lambda: self.expert(*x))
+                    resident_s = self.best_of(lambda: self.expert(*x), runs)
                     before = self.streamed.stats.bytes_streamed
-                    streamed_s = self.best_of(lambda: self.streaming(*x))
-                    moved = (self.streamed.stats.bytes_streamed - before) // (2 if self.args.tiny else 1 + RUNS)
+                    streamed_s = self.best_of(lambda: self.streaming(*x), runs)
+                    moved = (self.streamed.stats.bytes_streamed - before) // (1 + runs)
                     equal = torch.equal(self.expert(*x), self.streaming(*x))
                 cases.append({"frames": frames, "latent_frames": latent_frames, "rows": rows,
                               "resident_s": round(resident_s, 4), "streamed_s": round(streamed_s, 4),
@@ -297,7 +299,8 @@ class Run:
         with torch.device("meta"):
             meta = MMDiT(self.shape.config).to(torch.bfloat16).eval()
         phases = {}
-        for frames, latent_frames in self.shape.frames.items():
+        clips = list(self.shape.frames.items())
+        for frames, latent_frames in clips[:1] if self.args.memory_only else clips:  # the A/B child: the largest clip
             clip = self.clip(frames, latent_frames)
             cost = measure_expert(meta, clip)
             for rows in self.shape.rows:
@@ -378,11 +381,10 @@ class Run:
         return vae.to(self.device, torch.bfloat16 if self.cuda else torch.float32).eval()
 
     def allocator_ab(self) -> dict:
-        """The memory section again in a fresh process with expandable segments off."""
-        del self.expert, self.streaming
-        self.resident.evict("expert")
+        """The memory section in a fresh process with expandable segments off (run before this
+        process loads anything), within a third of the time budget."""
         env = {**os.environ, ALLOC_CONF: "expandable_segments:False", "PYTHONPATH": str(ROOT)}
-        left = max(60, self.args.budget_s - (time.perf_counter() - self.start))
+        left = max(60, self.args.budget_s / 3)
         try:
             out = subprocess.run([sys.executable, "-m", "tests.benchmarks.gpu_expert_11b", "--memory-only",
                                   "--budget-s", str(left)], env=env, capture_output=True, text=True, timeout=left + 120)
