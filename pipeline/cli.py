@@ -114,12 +114,13 @@ def generation_plan(args, request):
     from .engine import MemoryLimits
     from .manifest import read_manifest
     from .planner.plan import gib
-    from .planner.serving import budget_target, generation_plan as plan_for, memory_limits
+    from .planner.serving import budget_target, check_free, generation_plan as plan_for, memory_limits
     from .request import resolve
 
     target = budget_target(torch.device(args.device), args.device_memory, args.host_memory, args.reserve, max_batch=1)
     if target is None:
         return None, MemoryLimits()
+    check_free(target, torch.device(args.device))
     resolved = resolve(read_manifest(args.model), request)
     plan = plan_for(args.model, target, resolved.size, resolved.num_frames)
     print(f"memory plan: resident {', '.join(plan.resident) or 'nothing'}; streamed {', '.join(plan.streamed) or 'nothing'};"

@@ -438,13 +438,14 @@ def memory_plan(settings: Settings):
     device budget (no limit). Raises PlanRefused naming what does not fit."""
     import torch
 
-    from pipeline.planner.serving import budget_target, serving_plan
+    from pipeline.planner.serving import budget_target, check_free, serving_plan
 
     target = budget_target(torch.device(settings.device), settings.device_memory, settings.host_memory,
                            settings.reserve, settings.max_batch)
     if target is None:
         _event("memory_plan", plan=None, reason="no device budget on cpu: no limit")
         return None
+    check_free(target, torch.device(settings.device))
     plan = serving_plan(settings.model, target)
     _event("memory_plan", **plan.to_json())
     return plan

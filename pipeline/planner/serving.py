@@ -9,7 +9,7 @@ import torch
 from ..engine import MemoryLimits
 from ..residency import default_host_memory, free_memory, parse_budget
 from .footprint import measure_footprint
-from .plan import Placement, Plan, Target, make_plan
+from .plan import Placement, Plan, PlanRefused, Target, gib, make_plan
 
 
 def budget_target(device: torch.device, device_memory: str | None, host_memory: str | None = None,
@@ -22,6 +22,16 @@ def budget_target(device: torch.device, device_memory: str | None, host_memory: 
     total = free_memory(device) if device_memory is None else parse_budget(device_memory, device)
     host = default_host_memory() if host_memory is None else parse_budget(host_memory, "cpu")
     return Target(total, host, max_batch=max_batch, reserve=None if reserve is None else parse_budget(reserve, "cpu"))
+
+
+def check_free(target: Target, device: torch.device) -> None:
+    """A process about to serve refuses a device budget above the memory free on its device now
+    (an 80 GB H100 has ~79.1 GiB free once the CUDA context exists: `--device-memory 80GiB`
+    plans for memory the card does not have). `paris plan` may plan for another machine."""
+    free = free_memory(device)
+    if target.device_memory > free:
+        raise PlanRefused(f"a device budget of {gib(target.device_memory)} is more than the {gib(free)} free on "
+                          f"{device} now: give at most that (or leave --device-memory unset for the free memory)")
 
 
 def serving_plan(folder: str | Path, target: Target) -> Plan:

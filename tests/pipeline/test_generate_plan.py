@@ -44,3 +44,11 @@ def test_generate_refuses_a_budget_below_one_request(tiny_model_dir, least, tmp_
     assert paris(["generate", *ARGS, "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mp4"),
                   "--device-memory", str(least - 1), "--reserve", "0"]) == 2
     assert "cannot serve one 32x32, 9 frames request" in capsys.readouterr().err
+
+
+def test_a_budget_above_the_free_memory_is_refused(tiny_model_dir, tmp_path, capsys):
+    """gpu-review-2 N11: `--device-memory 80GiB` on an H100 (79.1 GiB free) plans for memory the
+    card does not have; a serving process refuses it (here on a CPU, whose free RAM is far below)."""
+    assert paris(["generate", *ARGS, "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.mp4"),
+                  "--device-memory", "100000GiB"]) == 2
+    assert "free on cpu now" in capsys.readouterr().err

@@ -59,3 +59,10 @@ def test_a_users_allocator_setting_without_expandable_segments_is_kept_with_a_wa
     build_worker(Settings(model=str(tiny_model_dir), device="cpu", max_batch=2), NO_REDIS)
     assert os.environ[ALLOC_CONF] == "expandable_segments:False"
     assert any("expandable_segments" in r.getMessage() and "plan" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_refuses_a_budget_above_the_free_memory(tiny_model_dir):
+    from server.worker import WorkerRefused
+
+    with pytest.raises(WorkerRefused, match="free on cpu now"):
+        build_worker(Settings(model=str(tiny_model_dir), device="cpu", max_batch=2, device_memory="100000GiB"), NO_REDIS)
