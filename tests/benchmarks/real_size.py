@@ -48,7 +48,6 @@ Run: python -m tests.benchmarks.real_size [--quick] [--mfu 0.45]
 
 import argparse
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.manifest import read_manifest
-from pipeline.planner.footprint import ClipShape, Footprint, expert_forward, measure_footprint
+from pipeline.planner.footprint import ClipShape, expert_forward, measure_footprint
 from pipeline.planner.meta import meta_module
 from pipeline.planner.footprint import clip_encode, router_forward, t5_encode
 from pipeline.planner.plan import GiB, Placement, Plan, PlanRefused, Target, make_plan, stream_batch_for

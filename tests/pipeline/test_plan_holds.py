@@ -27,7 +27,7 @@ from pipeline.request import GenerationRequest, resolve
 from pipeline.request_state import RequestState, TextEmbedding
 from pipeline.routing import FixedExpert
 from pipeline.sampling import Branch
-from pipeline.speed import PRESETS, Speed
+from pipeline.speed import Speed
 from pipeline.step_cache import StepCache
 
 ROOT = Path(__file__).resolve().parents[2]
