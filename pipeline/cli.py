@@ -36,6 +36,10 @@ def register(sub, default_model: Path) -> None:
     gen.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
     gen.add_argument("--guidance-interval", help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
     gen.add_argument("--device", default="cpu")
+    gen.add_argument("--device-memory", help="device budget, e.g. 79GiB (default on CUDA: the free memory now; "
+                     "on a CPU: no limit)")
+    gen.add_argument("--host-memory", help="host budget for pinned copies (default: 90%% of this machine's RAM)")
+    gen.add_argument("--reserve", help="device memory held back (default: 5%% of the device budget, at least 2GiB)")
     gen.set_defaults(run=run_generate)
 
     weights = sub.add_parser("weights", help="model folder tools")
@@ -46,8 +50,11 @@ def register(sub, default_model: Path) -> None:
 
 
 def run_generate(args) -> int:
+    from .cuda_env import configure_process
     from .generate import GenerationFailed, generate
     from .loader import load_model, quiet_library_logging
+    from .planner.plan import PlanRefused
+    from .planner.serving import residency_settings
     from .request import GenerationRequest
     from .vae_platform import UnsupportedPlatform, check_vae_platform
     from .video import write_mp4, write_spritesheet, write_thumbnail
@@ -64,19 +71,25 @@ def run_generate(args) -> int:
         fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
         expert_schedule=schedule, speed=args.speed, guidance_interval=interval)
+    try:
+        configure_process(args.device)  # before any CUDA call: the allocator's settings, and only this device
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return 2
     quiet_library_logging()
     try:
-        model = load_model(args.model, args.device)
+        plan, limits = generation_plan(args, request)
+        model = load_model(args.model, args.device, **residency_settings(plan))
         check_vae_platform(model.device, model.manifest.components.vae.dtype)
         with tqdm(desc="denoising", unit="step") as bar:
             def on_progress(step, total):
                 bar.total = total
                 bar.update(step - bar.n)
-            result = generate(model, request, on_progress)
+            result = generate(model, request, on_progress, limits)
     except InvalidRequest as exc:
         print(f"error: {exc.param}: {exc.message}", file=sys.stderr)
         return 2
-    except (ModelFolderError, UnsupportedPlatform, GenerationFailed) as exc:
+    except (ModelFolderError, UnsupportedPlatform, GenerationFailed, PlanRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +103,29 @@ def run_generate(args) -> int:
                                   for n, s, w in zip(names, share.step_share, share.weight_share)))
     print(f"expert work ({result.request.speed} preset): {result.compute.summary()}")
     return 0
+
+
+def generation_plan(args, request):
+    """The memory plan and engine limits one generation runs under, made as a worker makes its
+    own (pipeline/planner/serving.py) for the request's size; printed as one line. No plan (and
+    no limit) on a CPU given no --device-memory."""
+    import torch
+
+    from .engine import MemoryLimits
+    from .manifest import read_manifest
+    from .planner.plan import gib
+    from .planner.serving import budget_target, check_free, generation_plan as plan_for, memory_limits
+    from .request import resolve
+
+    target = budget_target(torch.device(args.device), args.device_memory, args.host_memory, args.reserve, max_batch=1)
+    if target is None:
+        return None, MemoryLimits()
+    check_free(target, torch.device(args.device))
+    resolved = resolve(read_manifest(args.model), request)
+    plan = plan_for(args.model, target, resolved.size, resolved.num_frames)
+    print(f"memory plan: resident {', '.join(plan.resident) or 'nothing'}; streamed {', '.join(plan.streamed) or 'nothing'};"
+          f" device {gib(plan.device_bytes)} of {gib(plan.budget)} ({gib(plan.budget - plan.device_bytes)} unused)")
+    return plan, memory_limits(plan)
 
 
 def run_verify(args) -> int:

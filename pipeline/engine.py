@@ -36,10 +36,10 @@ from .models.expert import image_positions, pack, unpack
 from .request import ResolvedRequest
 from .request_state import RequestState, TextEmbedding
 from .results import Event, Failed, Finished, GenerationResult, Progress, ResidencyDelta
-from .routing import policy_for
+from .routing import FullEnsemble, TopK, policy_for
 from .sampling import Branch, Guidance
 from .scheduler import ExpertScheduler, RequestNeeds, TickPlan
-from .speed import PRESETS
+from .speed import PRESETS, CachePolicy
 from .step_cache import CacheRow, StepCache, cached_forward
 
 # Used every tick or two beside the experts (routing, decoding): planned in first, evicted last.
@@ -57,10 +57,21 @@ class MemoryLimits:
     cache_entries: int = CACHE_ENTRIES
     cache_bytes: int | None = None
     on_demand: frozenset[str] = frozenset()  # encoders that leave the device once their phase is done
+    step_cache_rows: int | None = None  # rows that may hold step-cache entries at once (pipeline/step_cache.py)
+
+
+# How CUDA libraries report a failed allocation without torch.OutOfMemoryError: cuBLAS and cuDNN
+# handles and workspaces, cuDNN finding no algorithm whose workspace fits (a Conv3d's usual
+# out-of-memory), and a raw "out of memory" from the runtime or driver (torch.AcceleratorError).
+OUT_OF_MEMORY_MESSAGES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                          "Unable to find a valid cuDNN algorithm", "error: out of memory")
 
 
 def failure_code(exc: BaseException, stage_code: str) -> str:
-    return OUT_OF_MEMORY if isinstance(exc, torch.OutOfMemoryError) else stage_code
+    if isinstance(exc, torch.OutOfMemoryError) or (
+            isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MESSAGES)):
+        return OUT_OF_MEMORY
+    return stage_code
 
 
 def _chunks(items: list, size: int | None) -> list[list]:
@@ -295,12 +306,14 @@ class Engine:
         noise = torch.randn((1, m.latent_channels, t, h, w), generator=generator, dtype=torch.float32).to(m.device)
         patch = m.expert_config.patch_size
         alpha = sampling.resolution_shift((h // patch) * (w // patch), t)
+        policy = policy_for(req, m.manifest.routing.renormalize)
+        held = sum(s.step_cache.rows for s in self.active.values())
         state = RequestState(
-            job_id=job_id, request=req, policy=policy_for(req, m.manifest.routing.renormalize), latents=noise,
+            job_id=job_id, request=req, policy=policy, latents=noise,
             timesteps=sampling.timesteps(req.num_inference_steps, alpha), prompt=prompt, negative=negative,
             img_ids=image_positions(t, h, w, patch)[None].to(m.device),
             loads_at_start=(m.residency.stats.expert_loads(), m.residency.stats.bytes_to_device),
-            step_cache=StepCache(PRESETS[req.speed].cache, req.num_inference_steps),
+            step_cache=step_cache_for(req, policy, m.num_experts, self.limits.step_cache_rows, held),
         )
         if image is not None:
             ref, feature = image
@@ -425,34 +438,12 @@ class Engine:
         return outputs
 
     def _expert_forward(self, expert, key: str, rows: list[tuple[RequestState, Branch]]) -> torch.Tensor:
-        dtype, config = expert.dtype, expert.config
-        img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
-        texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
-        txt = torch.cat([e.tokens for e in texts]).to(dtype)
-        vec = torch.cat([e.pooled for e in texts]).to(dtype)
-        cond = torch.cat([self._image_cond(s, b) for s, b in rows]).to(dtype) if config.cond_embed else None
-        img_ids = torch.cat([s.img_ids for s, _ in rows])
-        txt_ids = torch.zeros(len(rows), txt.shape[1], 3, device=img.device)
-        timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=torch.float32)
         self.stats.expert_forwards += 1
         self.stats.expert_rows += len(rows)
-        inputs = (img, img_ids, txt, txt_ids, timesteps, vec, cond)
-        cache_rows = [CacheRow(s.step_cache, key, b, s.step) for s, b in rows]
-        if any(r.cache.policy.enabled for r in cache_rows):
-            out, blocks = cached_forward(expert, inputs, cache_rows)
-        else:  # the plain forward: every row runs every block
-            out, blocks = expert(*inputs), [expert.num_blocks] * len(rows)
+        out, blocks = forward_rows(expert, key, rows)
         for (s, _), ran in zip(rows, blocks):
             s.compute.ran_row(ran, expert.num_blocks)
-        return out.float()
-
-    def _image_cond(self, s: RequestState, branch: Branch) -> torch.Tensor:
-        """The expert's condition input: the first frame (i2v, except in the branch that drops
-        it), else zeros."""
-        if s.first_frame_cond is not None and branch is not Branch.UNCOND_ALL:
-            return s.first_frame_cond
-        config = self.model.expert_config
-        return torch.zeros(1, s.img_ids.shape[1], config.in_channels + config.patch_size**2, device=s.latents.device)
+        return out
 
     # -- finished requests -----------------------------------------------------------------
     def _finish_done(self, events: list[Event]) -> None:
@@ -480,6 +471,55 @@ class Engine:
                 result = GenerationResult(videos[i][: s.request.num_frames], s.request, s.trace,
                                           s.trace.summary(self.model.num_experts), moved, s.compute)
                 events.append(Finished(s.job_id, result))
+
+
+def step_cache_for(req: ResolvedRequest, routing, num_experts: int, limit: int | None, held: int) -> StepCache:
+    """The request's step cache: its preset's, while its rows (guidance branches x experts a
+    step) fit the plan's `limit` beside the `held` rows of the active requests; else none, and
+    the request computes every block (the quality preset's output)."""
+    policy = PRESETS[req.speed].cache
+    experts = routing.k if isinstance(routing, TopK) else num_experts if isinstance(routing, FullEnsemble) else 1
+    rows = (3 if req.has_image else 2) * experts if policy.enabled else 0
+    if limit is not None and held + rows > limit:
+        policy, rows = CachePolicy(), 0
+    return StepCache(policy, req.num_inference_steps, rows)
+
+
+def expert_inputs(expert, rows: list[tuple[RequestState, Branch]]) -> tuple:
+    """MMDiT.forward's arguments for a batch of rows (request, guidance branch): latents, text,
+    image condition and timesteps in the expert's dtype (Open-Sora v2 builds its timesteps in
+    the latents' dtype, bf16 for the released weights; the router gets the same rounding)."""
+    dtype, config = expert.dtype, expert.config
+    img = torch.cat([pack(s.latents, config.patch_size) for s, _ in rows]).to(dtype)
+    texts = [s.prompt if b is Branch.COND else s.negative for s, b in rows]
+    txt = torch.cat([e.tokens for e in texts]).to(dtype)
+    vec = torch.cat([e.pooled for e in texts]).to(dtype)
+    cond = torch.cat([image_cond(s, b, config) for s, b in rows]).to(dtype) if config.cond_embed else None
+    img_ids = torch.cat([s.img_ids for s, _ in rows])
+    txt_ids = torch.zeros(len(rows), txt.shape[1], 3, device=img.device)
+    timesteps = torch.tensor([s.t for s, _ in rows], device=img.device, dtype=dtype)
+    return img, img_ids, txt, txt_ids, timesteps, vec, cond
+
+
+def forward_rows(expert, key: str, rows: list[tuple[RequestState, Branch]], decide=None) -> tuple[torch.Tensor, list[int]]:
+    """One expert forward over `rows` as the engine runs it: the fp32 output and the blocks each
+    row ran (step-cached rows may run none). `decide` overrides the step cache's per-row choice
+    (the planner's meta-device measurements, where tensors have no values)."""
+    inputs = expert_inputs(expert, rows)
+    cache_rows = [CacheRow(s.step_cache, key, b, s.step) for s, b in rows]
+    if any(r.cache.policy.enabled for r in cache_rows):
+        out, blocks = cached_forward(expert, inputs, cache_rows, decide)
+    else:  # the plain forward: every row runs every block
+        out, blocks = expert(*inputs), [expert.num_blocks] * len(rows)
+    return out.float(), blocks
+
+
+def image_cond(s: RequestState, branch: Branch, config) -> torch.Tensor:
+    """The expert's condition input: the first frame (i2v, except in the branch that drops it),
+    else zeros."""
+    if s.first_frame_cond is not None and branch is not Branch.UNCOND_ALL:
+        return s.first_frame_cond
+    return torch.zeros(1, s.img_ids.shape[1], config.in_channels + config.patch_size**2, device=s.latents.device)
 
 
 def _group_by(items, key) -> list[list]:

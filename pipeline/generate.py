@@ -2,7 +2,7 @@
 
 from typing import Callable
 
-from .engine import Engine
+from .engine import Engine, MemoryLimits
 from .loader import DDMModel
 from .request import GenerationRequest, resolve
 from .results import Failed, Finished, GenerationResult, Progress
@@ -13,9 +13,11 @@ class GenerationFailed(RuntimeError):
 
 
 def generate(model: DDMModel, request: GenerationRequest,
-             on_progress: Callable[[int, int], None] | None = None) -> GenerationResult:
-    """Raises InvalidRequest for a request the model cannot serve."""
-    engine = Engine(model, max_batch=1)
+             on_progress: Callable[[int, int], None] | None = None,
+             limits: MemoryLimits = MemoryLimits()) -> GenerationResult:
+    """Raises InvalidRequest for a request the model cannot serve. `limits`: the memory plan's
+    (pipeline/planner/serving.memory_limits), as a worker runs under them."""
+    engine = Engine(model, max_batch=1, limits=limits)
     engine.admit("generate", resolve(model.manifest, request))
     while engine.has_work:
         for event in engine.tick():

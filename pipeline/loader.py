@@ -162,9 +162,12 @@ class DDMModel:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", budget_bytes: int | None = None,
-               host_budget_bytes: int | None = None, streamed: dict[str, int] | None = None) -> DDMModel:
+               host_budget_bytes: int | None = None, streamed: dict[str, int] | None = None,
+               on_demand: frozenset[str] = frozenset(), encoder_room: int = 0) -> DDMModel:
     """`budget_bytes`: device memory for weights placed whole (None: no limit);
     `host_budget_bytes`: host copies (None: a share of the RAM); `streamed`: components run
-    block by block from their host copy, name -> window blocks (the residency plan's choice)."""
+    block by block from their host copy, name -> window blocks (the residency plan's choice);
+    `on_demand` encoders may also fill `encoder_room` while they encode."""
     folder, device = Path(folder), torch.device(device)
-    return DDMModel(folder, read_manifest(folder), device, Residency(device, budget_bytes, host_budget_bytes, streamed))
+    residency = Residency(device, budget_bytes, host_budget_bytes, streamed, on_demand=on_demand, encoder_room=encoder_room)
+    return DDMModel(folder, read_manifest(folder), device, residency)

@@ -44,9 +44,10 @@ class _Entry:
 class StepCache:
     """One request's cached residuals, an entry per (expert key, branch)."""
 
-    def __init__(self, policy: CachePolicy, total_steps: int):
+    def __init__(self, policy: CachePolicy, total_steps: int, rows: int = 0):
         self.policy = policy
         self.total_steps = total_steps
+        self.rows = rows  # the rows (expert x branch a step) the engine granted it room for
         self._entries: dict[tuple[str, Branch], _Entry] = {}
 
     def candidate(self, key: str, branch: Branch, step: int) -> _Entry | None:
@@ -61,7 +62,12 @@ class StepCache:
         return entry
 
     def store(self, key: str, branch: Branch, step: int, signal: torch.Tensor, residual: torch.Tensor) -> None:
-        self._entries[key, branch] = _Entry(signal, residual, step)
+        if self.policy.enabled:  # a row without caching shares a cached forward but keeps nothing
+            self._entries[key, branch] = _Entry(signal, residual, step)
+
+    def drop(self, key: str, branch: Branch) -> None:
+        """Frees a row's entry now (it computes at this step and stores a new one after)."""
+        self._entries.pop((key, branch), None)
 
     def end_step(self, step: int) -> None:
         """Drops the entries this step did not use (their expert or branch did not run)."""
@@ -84,33 +90,57 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     return (now - before).abs().mean(dim=(1, 2)) / before.abs().mean(dim=(1, 2)).clamp_min(1e-12)
 
 
-def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow]) -> tuple[torch.Tensor, list[int]]:
+def cached_forward(expert: MMDiT, inputs: tuple, rows: list[CacheRow], decide=None) -> tuple[torch.Tensor, list[int]]:
     """The expert's output for every row (`inputs` are MMDiT.forward's arguments), and the
     number of blocks each row ran. It is one call of the expert, so a streamed expert's hooks
     bring its stem and its blocks as in a plain forward (a pass where every row reuses runs no
-    block but still copies the stem and the first window of blocks)."""
+    block but still copies the stem and the first window of blocks). `decide(signal, rows)`
+    replaces the per-row choice (tests and the planner's meta-device measurements).
+
+    Memory (the plan books it: pipeline/planner/plan.py). Between steps each cached row holds
+    two (N, D) tensors, its signal and its residual. Inside the forward no row holds more: as
+    soon as the rows have decided, the entry of a row that computes is dropped (it is
+    replaced after the blocks) and a row that reuses gives up its old signal, so under the
+    blocks a computing row holds its new signal and its input image tokens (kept for the
+    residual) and a reusing row its new signal and its residual. When every row computes the
+    blocks run on this forward's own state, with no gathered copy; when some reuse, only the
+    computing rows are gathered and the full batch keeps just its image tokens and vector
+    (all the final layer reads). The peak is then at most the plain forward's, plus two (N, D)
+    tensors a row (tests/pipeline/test_plan_holds.py measures it at real size)."""
     blocks: list[int] = []
 
     def run(h: Hidden) -> Hidden:
         """Updates `h` (this forward's own) in place, as MMDiT.run_blocks does."""
         signal = expert.modulated_input(h)
-        reuse = _decide(signal, rows)
-        # entries keep copies of their rows (a view would hold the whole batch's tensor); the
-        # batch's signal goes before the blocks run
+        reuse = (decide or _decide)(signal, rows)
+        # entries keep copies of their rows (a view would hold the whole batch's tensor)
         signals = [signal[i].clone() for i in range(len(rows))]
         del signal
+        for r, entry, new in zip(rows, reuse, signals):
+            if entry is None:
+                r.cache.drop(r.key, r.branch)
+            else:
+                entry.signal, entry.step, entry.reused = new, r.step, entry.reused + 1
         compute = [i for i, entry in enumerate(reuse) if entry is None]
-        if compute:
-            index = torch.tensor(compute, device=h.img.device)
-            out = expert.run_blocks(h.rows(index)).img
-            for j, i in enumerate(compute):
-                r = rows[i]
-                r.cache.store(r.key, r.branch, r.step, signals[i], out[j] - h.img[i])
-            h.img[index] = out
-        for i, entry in enumerate(reuse):
-            if entry is not None:
-                h.img[i] += entry.residual
-                entry.signal, entry.step, entry.reused = signals[i], rows[i].step, entry.reused + 1
+        img = h.img  # the blocks' input: residuals are measured against it
+        if len(compute) == len(rows):
+            out = expert.run_blocks(h).img
+        elif compute:
+            index = torch.tensor(compute, device=img.device)
+            part = h.rows(index)
+            h.txt = h.cos = h.sin = None  # only the image tokens and the vector are read after the blocks
+            out = expert.run_blocks(part).img
+            del part
+        for j, i in enumerate(compute):
+            r = rows[i]
+            r.cache.store(r.key, r.branch, r.step, signals[i], out[j] - img[i])
+        if len(compute) < len(rows):
+            if compute:
+                img[index] = out
+            for i, entry in enumerate(reuse):
+                if entry is not None:
+                    img[i] += entry.residual
+            h.img = img
         blocks.extend(0 if entry is not None else expert.num_blocks for entry in reuse)
         return h
 

@@ -247,6 +247,15 @@ def _worker_argv(args, settings: Settings, device: str) -> list[str]:
     return argv
 
 
+def worker_launch(args, settings: Settings, device: str, env: dict) -> tuple[list[str], dict]:
+    """One worker's command line and environment: it sees only its own GPU (as cuda:0) and runs
+    with the allocator configuration the memory plan assumes (pipeline/cuda_env.py)."""
+    from pipeline.cuda_env import child_env
+
+    worker_env, name = child_env(device, env)
+    return _worker_argv(args, settings, name), worker_env
+
+
 def _supervise_worker(argv: list[str], env: dict, stop: threading.Event, refused: threading.Event,
                       procs: dict[int, subprocess.Popen], slot: int) -> None:
     """Run one worker, restarting it when it exits, until `stop`. The worker gets SIGTERM if this
@@ -281,7 +290,7 @@ def cmd_serve(args) -> int:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     signal.signal(signal.SIGTERM, _exit_on_signal)  # before a worker can refuse
     for slot, device in enumerate(worker_devices(settings)):
-        threading.Thread(target=_supervise_worker, args=(_worker_argv(args, settings, device), env, stop, refused,
+        threading.Thread(target=_supervise_worker, args=(*worker_launch(args, settings, device, env), stop, refused,
                                                          procs, slot),
                          name=f"worker-{slot}", daemon=True).start()
     try:

@@ -438,13 +438,14 @@ def memory_plan(settings: Settings):
     device budget (no limit). Raises PlanRefused naming what does not fit."""
     import torch
 
-    from pipeline.planner.serving import budget_target, serving_plan
+    from pipeline.planner.serving import budget_target, check_free, serving_plan
 
     target = budget_target(torch.device(settings.device), settings.device_memory, settings.host_memory,
                            settings.reserve, settings.max_batch)
     if target is None:
         _event("memory_plan", plan=None, reason="no device budget on cpu: no limit")
         return None
+    check_free(target, torch.device(settings.device))
     plan = serving_plan(settings.model, target)
     _event("memory_plan", **plan.to_json())
     return plan
@@ -455,13 +456,15 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     on the VAE or a budget that cannot serve one request of the largest size the model allows."""
     import torch
 
+    from pipeline.cuda_env import configure_process
     from pipeline.engine import MemoryLimits
     from pipeline.loader import load_model, quiet_library_logging
     from pipeline.manifest import read_manifest
     from pipeline.planner.plan import PlanRefused
-    from pipeline.planner.serving import memory_limits
+    from pipeline.planner.serving import memory_limits, residency_settings
     from pipeline.vae_platform import UnsupportedPlatform, check_vae_platform
 
+    configure_process(settings.device)  # before any CUDA call: the allocator's settings, and only this device
     if settings.threads:
         torch.set_num_threads(settings.threads)
     t0 = time.time()
@@ -472,14 +475,9 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
         plan = memory_plan(settings)
     except (UnsupportedPlatform, PlanRefused) as exc:
         raise WorkerRefused(str(exc)) from None
-    # Streamed experts' windows sit beside the weights placed whole: the residency's budget is
-    # for the latter only.
-    model = load_model(settings.model, device=device,
-                       budget_bytes=plan.weight_budget - plan.window_bytes if plan else None,
-                       host_budget_bytes=plan.pinned_budget if plan else None,
-                       streamed={n: plan.target.window_blocks for n in plan.streamed} if plan else None)
+    model = load_model(settings.model, device=device, **residency_settings(plan))
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
-                    limits=memory_limits(plan) if plan else MemoryLimits())
+                    limits=memory_limits(plan) if plan else MemoryLimits(), stream_batch=plan.stream_batch if plan else 1)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, open_artifacts(settings, patient=True), engine)

@@ -11,11 +11,13 @@ import torch
 
 from pipeline.planner.footprint import Affine, ClipShape, ExpertCost, Footprint, ForwardFlops
 from pipeline.residency import Residency
-from tests.benchmarks.real_size import Timeline, gathering
+from pipeline.planner.plan import stream_batch_for
+from tests.benchmarks.real_size import Timeline
 from tests.pipeline.test_block_streaming import expert_inputs
 from tests.pipeline.test_host_slab import tiny_expert
 
 EXPERT_BYTES = 23782781056  # one 11B expert in bf16, from its config (module_bytes on the meta device)
+T5_BYTES = 9524621312  # T5-XXL's encoder in bf16
 ROW_TFLOP_33 = 42.0  # one row of the expert at 256x256, 33 frames (gpu-readiness: 84 TFLOP per 2-row step)
 
 
@@ -36,13 +38,21 @@ def test_quick_run_numbers_agree(quick):
     rate = quick["constants"]["peak_bf16_flops"] * quick["constants"]["mfu"]
     row_flops = {c["estimate"]["flops"] / (50 * 2 * c["requests"]) for c in quick["cases"]}
     assert len(row_flops) == 1 and row_flops.pop() == pytest.approx(ROW_TFLOP_33 * 1e12, rel=0.01)
+    router, encode = set(), set()
     for case in quick["cases"]:
         runs = [case["estimate"]] + [case[k] for k in case if k == "estimate_gathering_streamed_rows"]
         for e in runs:
-            assert e["compute_only_denoise_s"] == pytest.approx(e["flops"] / rate, abs=0.01)
-            assert e["streamed_passes"] * EXPERT_BYTES <= e["bytes_to_device"] <= e["streamed_passes"] * EXPERT_BYTES * 1.01
+            assert e["compute_only_denoise_s"] == pytest.approx((e["flops"] + e["router_flops"]) / rate, abs=0.01)
+            t5 = T5_BYTES if "t5" in case["plan"]["on_demand"] else 0  # copied in for the batch of new prompts
+            assert e["streamed_passes"] * EXPERT_BYTES + t5 <= e["bytes_to_device"] <= e["streamed_passes"] * EXPERT_BYTES * 1.01 + t5
+            # every request routed once a step; T5 and CLIP over each prompt and negative prompt once
+            router.add(e["router_flops"] / (50 * case["requests"]))
+            encode.add(e["encode_flops"] / (2 * case["requests"]))
+            assert e["encode_s"] > 0
+            assert e["resident_expert_reloads"] == 0  # T5 comes in without evicting an expert (N5)
             assert (e["streamed_passes"] == 0) == (not case["plan"]["streamed"]) == (e["denoise_ratio"] == 1.0)
             assert e["denoise_ratio"] >= 1.0 and e["video_ratio"] >= 1.0
+    assert len(router) == 1 and len(encode) == 1 and router.pop() > 0 and encode.pop() > 0
     ratios = {(c["budget_gib"], c["requests"]): c["estimate"]["video_ratio"] for c in quick["cases"]}
     for requests in (1, 8):  # less memory, more streaming, never faster
         assert [ratios[(b, requests)] for b in (141, 80, 48, 24)] == sorted(ratios[(b, requests)] for b in (141, 80, 48, 24))
@@ -108,5 +118,5 @@ def test_gathering_asks_for_the_requests_whose_compute_covers_a_streamed_pass():
                           weight_sources={}, expert=cost, router_peak=0, decode_peak=1, decode_flops=0, t5_peak=0,
                           clip_peak=0, image_encode_peak=0, embedding_bytes=0, expert_names=("expert_0",))
     # copy 0.48 s; one row 42 TFLOP / 445 TFLOP/s = 0.094 s: 6 rows cover it, 3 requests of 2 rows
-    assert gathering(footprint, 445e12) == 3
-    assert gathering(footprint, 445e12 / 4) == 1  # four times slower compute covers it with one request
+    assert stream_batch_for(footprint, 445e12, 50 * GB) == 3
+    assert stream_batch_for(footprint, 445e12 / 4, 50 * GB) == 1  # four times slower compute covers it with one request

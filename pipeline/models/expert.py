@@ -130,9 +130,11 @@ class MMDiT(nn.Module):
         modulated by the conditioning vector (timestep + text). Step caching watches how it
         changes between steps (TeaCache's signal); it costs one linear on the vector per row.
         When the expert streams its blocks, block 0 sits in the host slab outside its own pass:
-        its modulation weights (a sixth of the block) come to the vector's device for this linear."""
+        its modulation weights (a sixth of the block) come to the vector's device for this linear,
+        queued on the compute stream from the pinned slab without blocking the host (the plan's
+        window counts them)."""
         block = self.double_blocks[0]
-        weights = {name: t.to(h.vec.device) for name, t in block.img_mod.named_parameters()}
+        weights = {name: t.to(h.vec.device, non_blocking=True) for name, t in block.img_mod.named_parameters()}
         mod, _ = torch.func.functional_call(block.img_mod, weights, (h.vec,))
         return mod.apply(block.img_norm1(h.img))
 

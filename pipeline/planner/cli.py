@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ModelFolderError
 from .footprint import measure_footprint
+from ..speed import PRESETS, Speed
 from .plan import Placement, Plan, Target, gib, make_plan
 from .serving import budget_target
 
@@ -55,6 +56,23 @@ def where(plan: Plan, name: str) -> str:
     return "resident on the device"
 
 
+def full_batches(plan: Plan) -> list[str]:
+    """Per preset and kind of request, a full batch's device use at each phase's peak (with its
+    allocator headroom) and the headroom the budget leaves the phase: every phase within budget."""
+    f, t = plan.footprint, plan.target
+    phases = list(plan.phases)
+    rows = [f"full batches ({t.max_batch} requests, one expert a step): device in use at each phase's peak"
+            f" / headroom the {gib(plan.budget)} budget leaves it",
+            f"{'preset':<9}{'kind':<5}{'cached rows':>12}  " + "".join(f"{p:>26}" for p in phases)]
+    kinds = [("t2v", 2), ("i2v", 3)][: 2 if f.rows_per_request == 3 else 1]
+    for speed in Speed:
+        for kind, per_request in kinds:
+            b = plan.full_batch(PRESETS[speed].cache.enabled, per_request)
+            cells = "".join(f"{gib(b['used'][p]) + ' / ' + gib(b['headroom'][p]):>26}" for p in phases)
+            rows.append(f"{speed.value:<9}{kind:<5}{b['step_cache_rows']:>12}  {cells}")
+    return rows
+
+
 def table(plan: Plan) -> str:
     f, t = plan.footprint, plan.target
     rows = [f"{f.model}: {f.shape.label}, up to {t.max_batch} requests at once",
@@ -63,13 +81,21 @@ def table(plan: Plan) -> str:
     rows += [f"{n:<10} {gib(f.weights[n]):>10}  {f.weight_sources[n]:<11} {where(plan, n)}" for n in plan.placement]
     peaks = ", ".join(f"{r} rows {gib(b)}" for r, b in plan.activation_peaks.items())
     rows += ["", f"expert forward activation peak: {peaks} (2 rows per text-to-video request, 3 per image-to-video)",
-             f"rows per forward: {plan.rows_per_forward}",
+             f"rows per forward: {plan.rows_per_forward}; a streamed pass gathers {plan.stream_batch} request(s)"
+             " (stream_batch, sized for an H100 at the plan's clip)",
              f"VAE decode peak: {gib(f.decode_peak)} per video; {plan.decodes_at_once} decoded at a time",
              f"embedding cache: {plan.cache_entries} texts",
-             "phases (peak of each, weights brought in included): "
-             + ", ".join(f"{k} {gib(v)}" for k, v in plan.phases.items()), "",
+             f"step cache: {plan.step_cache_rows} rows ({gib(plan.step_cache_bytes)}); a request whose rows do not fit"
+             " computes every block",
+             "phases (peak of each, weights brought in included; + allocator headroom; headroom the budget leaves it): "
+             + ", ".join(f"{k} {gib(v)} + {gib(plan.phase_needs[k] - v)}; {gib(plan.phase_headroom[k])}"
+                         for k, v in plan.phases.items()),
+             f"encoders on demand may use {gib(plan.encoder_room)} of the largest phase's room while encoding", "",
+             *full_batches(plan), "",
              f"device: resident weights {gib(plan.resident_bytes)} + streaming window {gib(plan.window_bytes)}"
-             f" + embeddings {gib(plan.embedding_bytes)} + largest phase ({plan.largest_phase}) {gib(plan.phases[plan.largest_phase])}"
+             f" + embeddings {gib(plan.embedding_bytes)} + step cache {gib(plan.step_cache_bytes)}"
+             f" + largest phase ({plan.largest_phase}) {gib(plan.phases[plan.largest_phase])}"
+             f" + its headroom {gib(plan.phase_needs[plan.largest_phase] - plan.phases[plan.largest_phase])}"
              f" = {gib(plan.device_bytes)} of the {gib(plan.budget)} budget ({gib(t.device_memory)} less {gib(t.held_back)} reserve)",
              f"host: pinned copies + one component being read = {gib(plan.host_bytes)} of {gib(t.host_memory)}"]
     return "\n".join(rows)

@@ -85,6 +85,8 @@ class ExpertCost:
     block_bytes: tuple[int, ...]  # double-stream blocks, then single-stream blocks, in forward order
     block_flops_per_row: tuple[int, ...]  # same order
     stem_bytes: int  # everything outside the blocks: embedders and the final layer
+    image_row_bytes: int = 0  # one row's image tokens (N x hidden) in the expert's dtype: a step-cache tensor
+    modulation_bytes: int = 0  # block 0's image modulation, copied to the device for the step-cache signal
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,12 @@ def split_flops(counts: dict) -> ForwardFlops:
 
 
 def expert_forward(expert: MMDiT, shape: ClipShape, rows: int) -> torch.Tensor:
-    """One forward with the engine's inputs (bf16 latents, fp32 timesteps) and fp32 output."""
+    """One forward with the engine's inputs (in the expert's dtype) and fp32 output."""
     c, n, dtype = expert.config, shape.image_tokens, expert.dtype
     cond = torch.empty(rows, n, c.in_channels + c.patch_size**2, dtype=dtype) if c.cond_embed else None
     return expert(torch.empty(rows, n, c.in_channels, dtype=dtype), torch.empty(rows, n, 3, dtype=torch.long),
                   torch.empty(rows, shape.text_tokens, c.context_in_dim, dtype=dtype),
-                  torch.zeros(rows, shape.text_tokens, 3), torch.empty(rows),
+                  torch.zeros(rows, shape.text_tokens, 3), torch.empty(rows, dtype=dtype),
                   torch.empty(rows, c.vec_in_dim, dtype=dtype), cond).float()
 
 
@@ -162,6 +164,8 @@ def measure_expert(expert: MMDiT, shape: ClipShape) -> ExpertCost:
         block_bytes=block_bytes,
         block_flops_per_row=tuple(sum(per_module.get(n, {}).values()) for n in names),
         stem_bytes=module_bytes(expert) - sum(block_bytes),
+        image_row_bytes=shape.image_tokens * expert.config.hidden_size * expert.dtype.itemsize,
+        modulation_bytes=module_bytes(expert.double_blocks[0].img_mod),
     )
 
 

@@ -33,12 +33,18 @@ class CudaTransfers(Transfers):
 
     def pin(self, storage: torch.Tensor) -> None:
         if storage.numel():
-            _check(torch.cuda.cudart().cudaHostRegister(storage.data_ptr(), storage.numel(), 0), "cudaHostRegister")
+            with torch.cuda.device(self.device):  # the runtime call runs in the current device's context
+                _check(torch.cuda.cudart().cudaHostRegister(storage.data_ptr(), storage.numel(), 0), "cudaHostRegister")
 
     def unpin(self, storage: torch.Tensor) -> None:
-        self.side.synchronize()  # no copy may still read the pages
-        if storage.numel():
-            _check(torch.cuda.cudart().cudaHostUnregister(storage.data_ptr()), "cudaHostUnregister")
+        with torch.cuda.device(self.device):
+            # no copy may still read the pages: those issued ahead (side stream) and a whole
+            # component's copies on the compute stream (gpu-review-2 N4); dropping a host copy is
+            # rare (the host budget is full), so waiting for both streams costs little
+            self.side.synchronize()
+            torch.cuda.current_stream(self.device).synchronize()
+            if storage.numel():
+                _check(torch.cuda.cudart().cudaHostUnregister(storage.data_ptr()), "cudaHostUnregister")
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src, non_blocking=True)

@@ -10,6 +10,9 @@ component one of two ways, and `streamed` (name -> window blocks) carries its ch
 - streamed: never placed whole; `get` returns the module with its blocks streamed from the
   slab through a window of device buffers as it runs (streaming.py). `budget_bytes` does not
   count the window: the plan holds it apart.
+- on demand (`on_demand`: encoders the plan keeps on the host): placed whole for their phase,
+  they may also fill `encoder_room`, the room the largest phase leaves while encoding, so that
+  bringing T5 for new prompts never evicts a resident expert (the engine evicts them after).
 Loads are all or nothing: the device buffer is taken and every copy issued before any tensor
 points at it, so a failure (out of memory, a failed copy) frees the buffer and leaves the
 component where it was, and the counters count only what happened.
@@ -22,6 +25,7 @@ is a second buffer in RAM and copies are done at once, so the CPU tests cover lo
 eviction, host trimming and streaming as CUDA runs them.
 """
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +40,9 @@ from .budget import default_host_memory
 from .slab import HostSlab
 from .streaming import BlockStream, streamed_blocks
 from .transfers import Transfers, transfers_for
+
+
+log = logging.getLogger("paris.residency")
 
 
 class HostBudgetExceeded(MemoryError):
@@ -53,7 +60,8 @@ class ResidencyStats:
     bytes_to_device: int = 0  # every byte copied to the device: whole loads and streamed blocks
     bytes_streamed: int = 0  # the streamed part (stems included)
     blocks_streamed: int = 0
-    load_seconds: float = 0.0
+    load_seconds: float = 0.0  # reading from disk into host memory: synchronous work (device copies are
+    # asynchronous on CUDA: a host clock around them times their launch only, so they count in bytes)
 
     def expert_loads(self) -> int:
         return sum(v for k, v in self.device_loads.items() if is_expert_key(k))
@@ -78,11 +86,12 @@ class _Entry:
 class Residency:
     def __init__(self, device: torch.device | str = "cpu", budget_bytes: int | None = None,
                  host_budget_bytes: int | None = None, streamed: dict[str, int] | None = None,
-                 transfers: Transfers | None = None):
+                 transfers: Transfers | None = None, on_demand: frozenset[str] = frozenset(), encoder_room: int = 0):
         self.device = torch.device(device)
         self.budget_bytes = budget_bytes
         self.host_budget_bytes = default_host_memory() if host_budget_bytes is None else host_budget_bytes
         self.streamed = dict(streamed or {})
+        self.on_demand, self.encoder_room = frozenset(on_demand), encoder_room
         self.transfers = transfers or transfers_for(self.device)
         self._entries: dict[str, _Entry] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # on the device, least recent first
@@ -146,7 +155,8 @@ class Residency:
         evicting anything in `protect` (never the expert computing now). Only where a copy runs
         while compute does (CUDA: on the side stream); a CPU would gain nothing and could evict
         what it brought before its use. A streamed component has nothing to place; a failed
-        allocation leaves everything as it was."""
+        allocation leaves everything as it was. A failure is only logged (False): the prefetch is
+        speculative, and the component's real use raises it for the requests that need it."""
         with self._lock:
             entry = self._entries[name]
             if not self.transfers.overlaps or entry.window is not None or entry.on_device:
@@ -157,7 +167,8 @@ class Residency:
                 return False
             try:
                 self._bring(name, set(protect), ahead=True)
-            except torch.OutOfMemoryError:
+            except Exception as exc:  # out of memory, a disk error, the host budget, a refused pin
+                log.warning(f"prefetch of {name} failed, it is brought when used: {exc!r}")
                 return False
             self.stats.prefetches += 1
             return True
@@ -198,10 +209,10 @@ class Residency:
     def _bring(self, name: str, demand: set[str], ahead: bool = False) -> None:
         """Host -> device, the whole component (read from disk first if needed). All or nothing."""
         entry = self._entries[name]
-        self._make_room(entry.nbytes, keep={name}, demand=demand)
+        room = self.encoder_room if name in self.on_demand else 0
+        self._make_room(entry.nbytes, keep={name}, demand=demand, room=room)
         if entry.module is None:
             self._read(name, keep={name} | demand)
-        start = time.perf_counter()
         slab = entry.slab
         buffer = self.transfers.alloc(slab.nbytes)
         pairs = [(buffer[u.start : u.end], slab.unit(u)) for u in slab.layout.units]
@@ -215,14 +226,14 @@ class Residency:
             segment.tensor.data = segment.view(buffer)
         entry.buffer, entry.pending = buffer, pending
         self._lru[name] = None
-        self.stats.load_seconds += time.perf_counter() - start
         self.stats.device_loads[name] = self.stats.device_loads.get(name, 0) + 1
         self.stats.bytes_to_device += slab.nbytes
 
-    def _make_room(self, needed: int, keep: set[str], demand: set[str]) -> None:
+    def _make_room(self, needed: int, keep: set[str], demand: set[str], room: int = 0) -> None:
+        """Evicts until `needed` more bytes fit the budget (plus `room`, an encoder's phase room)."""
         if self.budget_bytes is None:
             return
-        while self.resident_bytes + needed > self.budget_bytes:
+        while self.resident_bytes + needed > self.budget_bytes + room:
             candidates = [n for n in self._lru if n not in keep]
             if not candidates:
                 return  # one component larger than the whole budget still runs

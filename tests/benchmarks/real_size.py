@@ -28,19 +28,26 @@ issues recorded; the others replay the recording with its compute scaled by thei
 of a forward is per row: FLOPs are linear in rows) and count the bytes the recorded pass moved.
 The smoke test checks a replay against a real pass on a tiny expert.
 
-Compute-only: the same passes' FLOPs at the same rate, every weight resident, nothing copied.
-Per video: the batch's T5 copy when the plan keeps T5 on the host, the denoising, the decodes
-(compute-bound, at the same MFU), divided by the number of videos. `estimate` runs the engine's
-default scheduler; where experts stream and several requests share a tick,
-`estimate_gathering_streamed_rows` runs it again with `stream_batch` set to `gathering()`: the
-requests a streamed pass needs for its compute to cover its copy.
+The residency is configured from the plan as the worker configures it (planner.serving.
+residency_settings: the weight budget, the encoders' phase room); the encoders are components of
+their plan sizes. Before denoising, the batch of new prompts: T5 and CLIP brought as the engine
+asks (an on-demand T5 copied in on the compute stream), their FLOPs (measured on meta) on the
+compute stream, then the on-demand encoders leave; `resident_expert_reloads` counts a resident
+expert an encoder evicted and the denoising brought back (0 since N5). Every tick the router
+runs for every request that advanced last tick (its FLOPs measured on meta).
+
+Compute-only: the same FLOPs (experts, router, encoders) at the same rate, every weight
+resident, nothing copied. Per video: encoding, denoising, and the decodes at DECODE_MFU (an
+assumed utilisation), divided by the number of videos. `estimate` runs the scheduler with the
+worker's own `stream_batch` (its plan is made at the model's largest clip: 1 for paris-2);
+where a plan made at this clip would gather more (33 frames: 3) and several requests share a
+tick, `estimate_gathering_streamed_rows` runs it again with that.
 
 Run: python -m tests.benchmarks.real_size [--quick] [--mfu 0.45]
 """
 
 import argparse
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +56,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.manifest import read_manifest
-from pipeline.planner.footprint import ClipShape, Footprint, expert_forward, measure_footprint
+from pipeline.planner.footprint import ClipShape, expert_forward, measure_footprint
 from pipeline.planner.meta import meta_module
-from pipeline.planner.plan import GiB, Placement, Plan, PlanRefused, Target, make_plan
+from pipeline.planner.footprint import clip_encode, router_forward, t5_encode
+from pipeline.planner.plan import GiB, Placement, Plan, PlanRefused, Target, make_plan, stream_batch_for
+from pipeline.planner.serving import residency_settings
 from pipeline.residency import Residency
 from pipeline.residency.transfers import Transfers
 from pipeline.scheduler import ExpertScheduler, RequestNeeds
@@ -65,6 +74,11 @@ PEAK_BF16 = 989e12  # H100 SXM, dense bf16 tensor-core FLOP/s (NVIDIA's datashee
 # cuDNN attention or FA3 with compile higher. 45% is that eager figure, rounded up a little.
 MFU = 0.45
 H2D_BYTES_PER_S = 50e9  # pinned host-to-device over PCIe 5 x16, as measured in the field notes
+# The VAE decode's utilisation: cuDNN's Conv3d on NCDHW runs far below the transformer's, and the
+# decoder moves ~255 GB of GroupNorm/SiLU/pad traffic per 129-frame video (gpu-review-2 puts one
+# decode at 0.5-0.7 s on an H100 for its 145 TFLOP): 25% is that model's middle. An assumption
+# until tests/benchmarks/gpu_expert_11b.py times a decode.
+DECODE_MFU = 0.25
 STEPS = 50
 ROWS_PER_REQUEST = 2  # text-to-video: conditional and unconditional rows
 HOST_MEMORY = 512 * GiB  # ample: these cases are about the device budget
@@ -194,40 +208,80 @@ class Passes:
         return recording.flops_per_row * rows, recording.moved if replayed else 0
 
 
-def gathering(footprint: Footprint, flop_rate: float) -> int:
-    """Requests a streamed pass must serve for its compute to cover its copy (the scheduler's
-    stream_batch): the expert's bytes at H2D_BYTES_PER_S over one row's FLOPs at flop_rate."""
-    copy_s = footprint.weights[footprint.expert_names[0]] / H2D_BYTES_PER_S
-    row_s = footprint.expert.flops_per_row.total / flop_rate
-    return math.ceil(math.ceil(copy_s / row_s) / ROWS_PER_REQUEST)
-
-
 def expert_builder(folder: Path):
     components = read_manifest(folder).components
     return lambda: meta_module(components.experts[0], folder / components.experts[0].path)  # the engine runs every expert with expert 0's config
 
 
-def simulate(plan: Plan, requests: int, passes: Passes, flop_rate: float, stream_batch: int, build) -> dict:
-    """The denoising of `requests` requests arriving together, tick by tick (see the module docstring)."""
+@dataclass(frozen=True)
+class Extras:
+    """FLOPs around the expert forwards, measured once per clip on the meta device."""
+
+    router_per_request: int  # one router forward for one request (every request, every step)
+    encode_per_text: int  # T5 and CLIP over one text (each request's prompt and negative prompt)
+
+
+def measure_extras(folder: Path, shape: ClipShape) -> Extras:
+    components = read_manifest(folder).components
+    modules = {n: meta_module(c, folder / c.path) for n, c in components.named().items() if n in ("router", "t5", "clip")}
+
+    def flops(run) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.device("meta"):
+            run()
+        return counter.get_total_flops()
+
+    return Extras(router_per_request=flops(lambda: router_forward(modules["router"], shape, 1)),
+                  encode_per_text=flops(lambda: t5_encode(modules["t5"], shape, 1))
+                  + flops(lambda: clip_encode(modules["clip"], components.clip.max_length or 77, 1)))
+
+
+def component_of(nbytes: int):
+    """A component of `nbytes` bf16 weights on the meta device (what the residency moves)."""
+    def load():
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.empty(nbytes // 2, dtype=torch.bfloat16, device="meta"), requires_grad=False)
+        return module
+    return load
+
+
+def simulate(plan: Plan, requests: int, passes: Passes, extras: Extras, flop_rate: float, stream_batch: int, build) -> dict:
+    """The encoding and denoising of `requests` requests arriving together, tick by tick, on the
+    residency the worker configures from its plan (see the module docstring)."""
     f = plan.footprint
     names = f.expert_names
     timeline = Timeline(flop_rate, H2D_BYTES_PER_S)
-    resident = [n for n in names if plan.placement[n] is Placement.RESIDENT]
-    residency = Residency("meta", budget_bytes=sum(f.weights[n] for n in resident), host_budget_bytes=HOST_MEMORY,
-                          streamed={n: plan.target.window_blocks for n in plan.streamed}, transfers=timeline)
-    for name in names:
-        residency.register(name, build, f.weights[name])
-    for name in names:
+    residency = Residency("meta", **{**residency_settings(plan), "host_budget_bytes": HOST_MEMORY}, transfers=timeline)
+    for name, nbytes in f.weights.items():
+        residency.register(name, build if name in names else component_of(nbytes), nbytes)
+    for name in (*names, "router", "vae", *(n for n in ("t5", "clip", "dinov2") if plan.placement[n] is Placement.RESIDENT)):
         residency.get(name)  # resident ones placed, streamed ones read to the host: a warm server
+    for name, p in plan.placement.items():
+        if p is Placement.ON_DEMAND:  # read to its host copy once (a server that has encoded before)
+            residency.get(name)
+            residency.evict(name)
+    loads_before = dict(residency.stats.device_loads)
     timeline.compute_end = timeline.copy_end = 0.0
     moved = -residency.stats.bytes_to_device
+    # the batch of new prompts: T5 and CLIP brought as the engine asks (on-demand ones copied in on
+    # the compute stream), their FLOPs, then the on-demand encoders leave
+    residency.get("t5")
+    residency.get("clip")
+    encode_flops = 2 * requests * extras.encode_per_text
+    timeline._run("compute", encode_flops)
+    for name, p in plan.placement.items():
+        if p is Placement.ON_DEMAND:
+            residency.evict(name)
+    encode_s = timeline.compute_end
     scheduler = ExpertScheduler(MAX_WAIT, stream_batch=stream_batch)
     rng = random.Random(SEED)
     active = {f"r{i}": {"step": 0, "waited": 0, "expert": names[rng.randrange(len(names))]} for i in range(requests)}
-    ticks = flops = streamed_passes = streamed_rows = 0
+    ticks = flops = router_flops = streamed_passes = streamed_rows = 0
     while active:
         tick = scheduler.schedule([RequestNeeds(j, frozenset({s["expert"]}), s["waited"]) for j, s in active.items()],
                                   residency)
+        routed = sum(s["waited"] == 0 for s in active.values())  # a request that waits keeps its choice
+        router_flops += routed * extras.router_per_request
+        timeline._run("compute", routed * extras.router_per_request)
         for key in tick.expert_order:
             rows = ROWS_PER_REQUEST * sum(active[j]["expert"] == key for j in tick.advance)
             module = residency.get(key, tick.demand)
@@ -251,19 +305,24 @@ def simulate(plan: Plan, requests: int, passes: Passes, flop_rate: float, stream
             else:
                 s["expert"] = names[rng.randrange(len(names))]
         ticks += 1
-    denoise_s = max(timeline.compute_end, timeline.copy_end)
+    total_s = max(timeline.compute_end, timeline.copy_end)
+    denoise_s = total_s - encode_s
     moved += residency.stats.bytes_to_device
-    decode_s = f.decode_flops / flop_rate
-    t5_s = f.weights["t5"] / H2D_BYTES_PER_S if plan.placement["t5"] is Placement.ON_DEMAND else 0.0
-    videos_s = t5_s + denoise_s + requests * decode_s  # decoding is compute-bound: together or apart, same time
-    compute_videos_s = flops / flop_rate + requests * decode_s
+    reloads = {n: residency.stats.device_loads.get(n, 0) - loads_before.get(n, 0) for n in names
+               if plan.placement[n] is Placement.RESIDENT}
+    decode_s = f.decode_flops / (PEAK_BF16 * DECODE_MFU)
+    videos_s = total_s + requests * decode_s  # decoding is compute-bound: together or apart, same time
+    compute_videos_s = (flops + router_flops + encode_flops) / flop_rate + requests * decode_s
     return {
-        "stream_batch": stream_batch, "ticks": ticks, "flops": flops, "bytes_to_device": moved,
+        "stream_batch": stream_batch, "ticks": ticks, "flops": flops, "router_flops": router_flops,
+        "encode_flops": encode_flops, "bytes_to_device": moved,
+        "resident_expert_reloads": sum(reloads.values()),  # an expert evicted by an encoder and brought back
         "streamed_passes": streamed_passes,
         "rows_per_streamed_pass": round(streamed_rows / streamed_passes, 2) if streamed_passes else None,
-        "denoise_s": round(denoise_s, 2), "compute_only_denoise_s": round(flops / flop_rate, 2),
-        "denoise_ratio": round(denoise_s * flop_rate / flops, 4),
-        "t5_copy_s": round(t5_s, 3), "decode_s_per_video": round(decode_s, 3),
+        "encode_s": round(encode_s, 3), "denoise_s": round(denoise_s, 2),
+        "compute_only_denoise_s": round((flops + router_flops) / flop_rate, 2),
+        "denoise_ratio": round(denoise_s * flop_rate / (flops + router_flops), 4),
+        "decode_s_per_video": round(decode_s, 3),
         "all_videos_s": round(videos_s, 2), "per_video_s": round(videos_s / requests, 2),
         "compute_only_all_videos_s": round(compute_videos_s, 2), "video_ratio": round(videos_s / compute_videos_s, 4),
     }
@@ -286,22 +345,26 @@ def main(argv=None) -> dict:
     flop_rate = PEAK_BF16 * args.mfu
     build = expert_builder(args.model)
     cases, targets = [], {}
+    largest = measure_footprint(args.model, max_batch=max(REQUESTS))  # what the worker plans for
     for frames in (33,) if args.quick else FRAMES:
         footprint = measure_footprint(args.model, frames=frames, max_batch=max(REQUESTS))
-        passes = Passes(footprint.shape)
-        batch = gathering(footprint, flop_rate)
+        passes, extras = Passes(footprint.shape), measure_extras(args.model, footprint.shape)
+        batch = stream_batch_for(footprint, flop_rate, H2D_BYTES_PER_S)
         for budget in BUDGETS_GIB:
+            target = Target(budget * GiB, HOST_MEMORY, max_batch=max(REQUESTS))
             try:
-                plan = make_plan(footprint, Target(budget * GiB, HOST_MEMORY, max_batch=max(REQUESTS)))
+                plan = make_plan(footprint, target)
+                worker = make_plan(largest, target).stream_batch  # the worker's: planned at the largest clip
             except PlanRefused as exc:
                 cases.append({"frames": frames, "budget_gib": budget, "refused": str(exc)})
                 continue
             for requests in REQUESTS:
-                predicted = simulate(plan, requests, passes, flop_rate, 1, build)
+                predicted = simulate(plan, requests, passes, extras, flop_rate, worker, build)
                 case = {"frames": frames, "budget_gib": budget, "requests": requests, "plan": plan_summary(plan),
                         "estimate": predicted}
-                if plan.streamed and batch > 1 and requests > 1:
-                    case["estimate_gathering_streamed_rows"] = simulate(plan, requests, passes, flop_rate, batch, build)
+                if plan.streamed and batch > worker and requests > 1:
+                    case["estimate_gathering_streamed_rows"] = simulate(plan, requests, passes, extras, flop_rate, batch,
+                                                                        build)
                 cases.append(case)
                 if frames == 129 and budget in TARGETS:
                     targets[f"129 frames, {budget} GiB, {requests} request(s)"] = {
@@ -310,7 +373,8 @@ def main(argv=None) -> dict:
     result = {
         "kind": "estimate (the engine's scheduler, residency and expert forwards on the meta device, FLOP and byte "
                 "counts x the constants below; not a measurement)",
-        "constants": {"peak_bf16_flops": PEAK_BF16, "mfu": args.mfu, "h2d_bytes_per_s": H2D_BYTES_PER_S,
+        "constants": {"peak_bf16_flops": PEAK_BF16, "mfu": args.mfu, "decode_mfu": DECODE_MFU,
+                      "h2d_bytes_per_s": H2D_BYTES_PER_S,
                       "steps": STEPS, "rows_per_request": ROWS_PER_REQUEST, "max_wait": MAX_WAIT,
                       "routing": f"top-1, uniform, seeded ({SEED})", "host_memory": HOST_MEMORY},
         "cases": cases, "targets": targets,

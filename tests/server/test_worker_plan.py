@@ -54,9 +54,15 @@ def test_the_worker_serves_under_its_plan_and_logs_it(tiny_model_dir, least_devi
     assert residency.budget_bytes == plan.weight_budget - plan.window_bytes
     assert plan.streamed and all(residency.is_streamed(n) for n in plan.streamed)
     assert not any(residency.is_streamed(n) for n in plan.resident)
-    # the weights' budget leaves the embeddings and the largest phase (activations, decode) beside it
-    assert plan.weight_budget + plan.embedding_bytes + plan.phases[plan.largest_phase] == plan.budget
+    # the weights' budget leaves the embeddings, the step cache and the largest phase (activations,
+    # decode) with its allocator headroom beside it
+    assert plan.weight_budget + plan.embedding_bytes + plan.step_cache_bytes + plan.phase_needs[plan.largest_phase] == plan.budget
     assert worker.engine.limits == memory_limits(plan)
+    # encoders on demand may use the largest phase's room while they encode; streamed passes
+    # gather the plan's stream_batch
+    assert residency.on_demand == {n for n, p in plan.placement.items() if str(p) == "on demand"}
+    assert residency.encoder_room == plan.encoder_room > 0
+    assert worker.engine.scheduler.stream_batch == plan.stream_batch
     assert worker.engine.limits.rows_per_forward == plan.rows_per_forward
     assert worker.engine.limits.cache_bytes == plan.cache_entries * plan.footprint.embedding_bytes
 
