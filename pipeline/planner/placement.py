@@ -1,0 +1,187 @@
+"""Placement for a worker group: which device holds which expert (one or more copies), and the
+single-device plan of rank 0, which also runs the router, the encoders and the VAE.
+
+Rank 0 runs the engine: its plan is the one-device plan (plan.py) of the router, encoders, VAE
+and the experts placed on it, so everything that plan budgets (encoder phases, decode, the
+embedding cache, streaming) holds for it. Another rank only runs expert forwards; it holds
+
+    its experts' weights + one forward's activations (rows_per_forward rows)
+    + the conditioning of the requests it serves (2 texts a request, max_batch requests)
+
+under its budget (its memory less the reserve, as on one device).
+
+Algorithm: each expert first gets one home, on the device with the most room left once it is
+there, rank 0 last among equals (it also encodes and decodes); an expert that fits whole
+nowhere streams block by block on rank 0 (as on one device). Then, while memory allows, the
+expert with the fewest copies gets another on the device with the most room that keeps a full
+text-to-video batch of rows (2 x max_batch) per forward: copies let a request's guidance rows
+run on two devices at once, and several requests' rows in parallel. Every forward of the group
+runs at most the smallest rows_per_forward of the devices holding experts.
+"""
+
+from dataclasses import dataclass, replace
+
+from .footprint import Footprint
+from .plan import Plan, PlanRefused, Target, device_budget, gib, make_plan
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    rank: int
+    target: Target
+    experts: tuple[str, ...]
+    plan: Plan | None  # rank 0's one-device plan; None on the other ranks
+    bytes: int  # what it fills (rank 0: its plan's device bytes)
+    rows_per_forward: int
+
+    @property
+    def budget(self) -> int:
+        return device_budget(self.target.device_memory, self.target.reserve)
+
+    @property
+    def components(self) -> list[str]:
+        """What it holds besides the experts (rank 0: router, encoders, VAE)."""
+        return [] if self.plan is None else [n for n in self.plan.placement if n not in self.plan.footprint.expert_names]
+
+
+@dataclass(frozen=True)
+class GroupPlacement:
+    footprint: Footprint
+    devices: tuple[DeviceShare, ...]
+
+    @property
+    def experts(self) -> dict[str, tuple[int, ...]]:
+        """Expert key -> the ranks holding it: what the worker group's runner reads."""
+        return {e: tuple(d.rank for d in self.devices if e in d.experts) for e in self.footprint.expert_names}
+
+    @property
+    def rows_per_forward(self) -> int:
+        return min(d.rows_per_forward for d in self.devices if d.experts or d.rank == 0)
+
+    @property
+    def streamed(self) -> list[str]:
+        return self.devices[0].plan.streamed
+
+    def to_json(self) -> dict:
+        f = self.footprint
+        return {
+            "model": f.model, "clip": f.shape.label, "max_batch": f.max_batch, "estimate": True,
+            "experts": {e: list(r) for e, r in self.experts.items()}, "streamed_on_rank_0": self.streamed,
+            "rows_per_forward": self.rows_per_forward,
+            "devices": [{"rank": d.rank, "device_memory": d.target.device_memory, "device_budget": d.budget,
+                         "experts": list(d.experts), "components": d.components, "device_bytes": d.bytes,
+                         "headroom": d.budget - d.bytes, "rows_per_forward": d.rows_per_forward}
+                        for d in self.devices],
+            "rank_0_plan": self.devices[0].plan.to_json(),
+        }
+
+
+def engine_footprint(f: Footprint, experts: tuple[str, ...]) -> Footprint:
+    """Rank 0's share: every component but the experts it does not hold."""
+    others = set(f.expert_names) - set(experts)
+    return replace(f, weights={n: b for n, b in f.weights.items() if n not in others},
+                   weight_sources={n: s for n, s in f.weight_sources.items() if n not in others},
+                   expert_names=tuple(e for e in f.expert_names if e in experts))
+
+
+def expert_rank_bytes(f: Footprint, experts: tuple[str, ...], rows: int) -> int:
+    return sum(f.weights[e] for e in experts) + f.expert.activation.at(rows) + 2 * f.max_batch * f.embedding_bytes
+
+
+def expert_rank_rows(f: Footprint, target: Target, experts: tuple[str, ...]) -> int | None:
+    """The most rows per forward (up to a full image-to-video batch) that fit beside the
+    experts; None when not even one request's rows do."""
+    budget = device_budget(target.device_memory, target.reserve)
+    for rows in range(f.rows_per_request * f.max_batch, f.rows_per_request - 1, -1):
+        if expert_rank_bytes(f, experts, rows) <= budget:
+            return rows
+    return None
+
+
+class _Layout:
+    """Trial placements: what a device would fill holding a given set of experts."""
+
+    def __init__(self, f: Footprint, targets: list[Target]):
+        self.f, self.targets = f, targets
+        self.holds: dict[int, tuple[str, ...]] = {r: () for r in range(len(targets))}
+
+    def rank0_plan(self, experts: tuple[str, ...]) -> Plan | None:
+        try:
+            return make_plan(engine_footprint(self.f, experts), self.targets[0])
+        except PlanRefused:
+            return None
+
+    def share(self, rank: int, experts: tuple[str, ...], whole: bool = True) -> DeviceShare | None:
+        """The device holding `experts` (whole, unless `whole` is False on rank 0), or None."""
+        target = self.targets[rank]
+        if rank == 0:
+            plan = self.rank0_plan(experts)
+            if plan is None or (whole and set(plan.streamed) & set(experts)):
+                return None
+            return DeviceShare(0, target, experts, plan, plan.device_bytes, plan.rows_per_forward)
+        rows = expert_rank_rows(self.f, target, experts)
+        if rows is None:
+            return None
+        return DeviceShare(rank, target, experts, None, expert_rank_bytes(self.f, experts, rows), rows)
+
+    def best(self, expert: str, ranks, min_rows: int) -> int | None:
+        """The rank with the most room left once it holds `expert` too (rank 0 last among equals)."""
+        options = []
+        for r in ranks:
+            if expert in self.holds[r]:
+                continue
+            s = self.share(r, self.holds[r] + (expert,))
+            if s is not None and s.rows_per_forward >= min_rows:
+                options.append((s.budget - s.bytes, r != 0, -r, r))
+        return max(options)[-1] if options else None
+
+
+def place(f: Footprint, targets: list[Target]) -> GroupPlacement:
+    """See the module docstring; PlanRefused when rank 0 cannot serve one request even with
+    every expert streamed."""
+    if not targets:
+        raise ValueError("a placement needs at least one device")
+    layout = _Layout(f, targets)
+    ranks = range(len(targets))
+    streamed = []
+    for e in f.expert_names:
+        r = layout.best(e, ranks, f.rows_per_request)
+        if r is None:
+            streamed.append(e)
+        else:
+            layout.holds[r] += (e,)
+    if streamed:  # fits whole nowhere: rank 0 streams it, as one device would
+        layout.holds[0] += tuple(streamed)
+    if layout.share(0, layout.holds[0], whole=False) is None:
+        plan = make_plan(engine_footprint(f, layout.holds[0]), targets[0])  # raises PlanRefused, naming what
+        raise PlanRefused(f"rank 0 cannot hold its share: {plan.placement}")
+    while True:
+        copies = {e: sum(e in h for h in layout.holds.values()) for e in f.expert_names}
+        for e in sorted(f.expert_names, key=lambda e: (copies[e], e)):
+            if e in streamed:
+                continue
+            r = layout.best(e, ranks, 2 * f.max_batch)
+            if r is not None:
+                layout.holds[r] += (e,)
+                break
+        else:
+            break
+    layout.holds = {r: tuple(sorted(h)) for r, h in layout.holds.items()}
+    devices = [layout.share(0, layout.holds[0], whole=False)]
+    devices += [layout.share(r, layout.holds[r]) or DeviceShare(r, targets[r], (), None, 0, 0) for r in ranks[1:]]
+    return GroupPlacement(f, tuple(devices))
+
+
+def table(p: GroupPlacement) -> str:
+    f = p.footprint
+    rows = [f"{f.model}: {f.shape.label}, up to {f.max_batch} requests at once, {len(p.devices)} devices (estimate)", "",
+            f"{'rank':<5} {'memory':>10} {'budget':>10} {'fills':>10} {'headroom':>10} {'rows':>5}  holds"]
+    for d in p.devices:
+        held = sorted(d.experts) + [f"{n} ({d.plan.placement[n]})" for n in d.components]
+        rows.append(f"{d.rank:<5} {gib(d.target.device_memory):>10} {gib(d.budget):>10} {gib(d.bytes):>10} "
+                    f"{gib(d.budget - d.bytes):>10} {d.rows_per_forward:>5}  {', '.join(held) or '-'}")
+    rows += ["", "expert     ranks"]
+    rows += [f"{e:<10} {', '.join(map(str, r))}" + ("  (streamed on rank 0)" if e in p.streamed else "")
+             for e, r in p.experts.items()]
+    rows += ["", f"rows per forward (the group's): {p.rows_per_forward}"]
+    return "\n".join(rows)
