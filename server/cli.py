@@ -61,6 +61,10 @@ WORKER_FLAGS = (
     Flag("--max-job-seconds", "max_job_seconds", float, "a job running longer than this fails with `timeout` "
          "(default 3600)"),
     Flag("--artifact-writers", "artifact_writers", int, "threads writing videos off the engine loop (default 2)"),
+    Flag("--group-devices", "group_devices", str, "one worker over several devices, e.g. cuda:0,cuda:1: each expert's "
+         "rows run on the devices holding it (a worker group; README: Several GPUs behind one worker)"),
+    Flag("--group-timeout", "group_timeout_s", float, "seconds a rank of a worker group may stay silent before the "
+         "group ends and the worker exits non-zero (default 60)"),
 )
 
 
@@ -211,6 +215,10 @@ def cmd_api(args) -> int:
 def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
+    from .worker_group import in_group, run_group_worker
+
+    if in_group(settings):  # ranks other than 0 never talk to Redis: the URL is looked up on rank 0 only
+        return run_group_worker(settings, lambda: _redis_url(settings, "worker", start=False)[0])
     url, _ = _redis_url(settings, "worker", start=False)
     from .worker import WorkerRefused, build_worker
 
@@ -242,6 +250,8 @@ def _worker_argv(args, settings: Settings, device: str) -> list[str]:
         argv += ["--artifact-dir", str(settings.resolved_artifact_dir().resolve())]
     for flag in QUEUE_FLAGS + WORKER_FLAGS:
         value = device if flag.field == "device" else getattr(settings, flag.field)
+        if isinstance(value, list):  # a comma list (group devices)
+            value = ",".join(value) or None
         if value is not None:
             argv += [flag.name, str(value)]
     return argv

@@ -246,3 +246,24 @@ class Heartbeat:
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+class GroupResidency:
+    """Rank 0's residency as the scheduler should see it in a group: the experts held by other
+    ranks are resident there (placed by the planner), so they never count against rank 0's
+    budget nor wait to be loaded. Everything else is rank 0's own residency."""
+
+    def __init__(self, residency, remote: frozenset[str]):
+        self._residency, self._remote = residency, remote
+
+    def is_resident(self, name: str) -> bool:
+        return name in self._remote or self._residency.is_resident(name)
+
+    def is_streamed(self, name: str) -> bool:
+        return name not in self._remote and self._residency.is_streamed(name)
+
+    def fits(self, names: set[str]) -> bool:
+        return self._residency.fits(set(names) - self._remote)
+
+    def __getattr__(self, name):
+        return getattr(self._residency, name)

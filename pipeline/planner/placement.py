@@ -185,3 +185,14 @@ def table(p: GroupPlacement) -> str:
              for e, r in p.experts.items()]
     rows += ["", f"rows per forward (the group's): {p.rows_per_forward}"]
     return "\n".join(rows)
+
+
+def spread(expert_names: tuple[str, ...], world_size: int) -> dict[str, tuple[int, ...]]:
+    """Without memory sizes (a CPU group given no --device-memory): rank 0 keeps the engine,
+    experts go round the other ranks, and ranks beyond one per expert hold copies. One rank
+    alone holds everything."""
+    if world_size == 1:
+        return {e: (0,) for e in expert_names}
+    others = range(1, world_size)
+    return {e: tuple(sorted({1 + i % (world_size - 1)} | {r for r in others if (r - 1) % len(expert_names) == i}))
+            for i, e in enumerate(expert_names)}
