@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.distributed.group import GroupFailed, join_group, leave_group, torchrun_env
+from pipeline.distributed.group import GroupFailed, group_info, join, leave_group, torchrun_env
 from pipeline.distributed.launch import end_ranks, serve_rank, start_ranks
 from pipeline.distributed.runner import Heartbeat
 
@@ -64,17 +64,15 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
             return serve_rank(rank, world, device, settings.model, timeout, None, settings.threads)
         devices, init = [device] * world, None  # rank 0 knows only its own device: the others are taken alike
     settings = settings.model_copy(update={"device": devices[0]})
-    info = join_group(0, world, devices[0], timeout, init)
-    try:
+    info = group_info(0, world, devices[0], timeout)
+    try:  # the model loads before the group meets, as on every rank
         group = plan_group(info, settings.model, devices, settings.device_memory, settings.host_memory,
                            settings.reserve, settings.max_batch)
         worker = build_worker(settings, redis_url(), group)
     except WorkerRefused as exc:
         print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
         _exit_group(procs, EXIT_REFUSED)
-    except GroupFailed as exc:
-        _event("worker_group_failed", error=str(exc))
-        _exit_group(procs, EXIT_GROUP_FAILED)
+    join(info, init)
     runner = worker.engine.expert_runner
     failures: list[GroupFailed] = []
 

@@ -30,9 +30,9 @@ def serve_rank(rank: int, world_size: int, device: str, model_folder: str, timeo
     if threads:
         torch.set_num_threads(threads)
     quiet_library_logging()
+    model = load_model(model_folder, device=device)  # before joining: experts load when first asked for
     group = join_group(rank, world_size, device, timeout_s, init_method)
     try:
-        model = load_model(model_folder, device=device)  # experts load when first asked for
         RankServer(model, Link(group, 0)).serve()
         return 0
     except GroupFailed as exc:

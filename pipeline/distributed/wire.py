@@ -38,9 +38,9 @@ class Link:
         dev = self.group.comm_device
         header = {**header, "tensors": [(tuple(t.shape), str(t.dtype)) for t in tensors]}
         try:
-            dist.send_object_list([header], dst=self.peer, device=dev)
+            dist.send_object_list([header], dst=self.peer, group=self.group.pg, device=dev)
             for t in tensors:
-                dist.send(t.detach().to(dev).contiguous(), dst=self.peer)
+                dist.send(t.detach().to(dev).contiguous(), dst=self.peer, group=self.group.pg)
         except GroupFailed:
             raise
         except Exception as exc:  # DistBackendError, RuntimeError: the peer is gone or timed out
@@ -52,12 +52,12 @@ class Link:
         dev = self.group.comm_device
         box = [None]
         try:
-            dist.recv_object_list(box, src=self.peer, device=dev)
+            dist.recv_object_list(box, src=self.peer, group=self.group.pg, device=dev)
             header = box[0]
             tensors = []
             for shape, dtype in header["tensors"]:
                 t = torch.empty(shape, dtype=DTYPES[dtype], device=dev)
-                dist.recv(t, src=self.peer)
+                dist.recv(t, src=self.peer, group=self.group.pg)
                 tensors.append(t)
         except Exception as exc:
             raise GroupFailed(f"receiving from rank {self.peer} failed: {exc}") from exc

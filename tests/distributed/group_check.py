@@ -77,8 +77,7 @@ def placements(world: int) -> dict[str, dict[str, tuple[int, ...]]]:
             "replicated on 1 and 2": {f"expert_{i}": (1, 2) for i in range(3)}}
 
 
-def rank0(group, model_folder: str, args) -> dict:
-    model = load_model(model_folder)
+def rank0(group, model, args) -> dict:
     report = {"world_size": group.world_size, "backend": group.backend, "scenarios": []}
     for speed in args.speeds.split(","):
         requests = jobs(speed, args.steps, args.jobs)
@@ -126,14 +125,16 @@ def main(argv=None) -> int:
     if env is None:
         devices = args.devices.split(",")
         init, procs = start_ranks(devices, args.model, args.timeout, threads=1)
+        model = load_model(args.model)  # before joining, as every rank does
         group = join_group(0, len(devices), devices[0], args.timeout, init)
     else:
         rank, world, _ = env
         if rank != 0:
             return serve_rank(rank, world, "cpu", args.model, args.timeout, None, threads=1)
+        model = load_model(args.model)
         group = join_group(0, world, "cpu", args.timeout)
     try:
-        report = rank0(group, args.model, args)
+        report = rank0(group, model, args)
     except GroupFailed as exc:
         print(f"group failed: {exc}", file=sys.stderr)
         return 1

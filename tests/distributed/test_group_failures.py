@@ -1,5 +1,6 @@
 """kill -9 of a non-zero rank mid-run: the worker group ends within the stated time (the worker
-exits non-zero), `paris serve` starts it again, and every job completes exactly once.
+exits non-zero), `paris serve` starts it again, and every job completes exactly once. Then a
+rank that hangs (SIGSTOP) while the group is idle: the heartbeat finds it within the bound too.
 
 Real processes: `paris serve` (embedded Valkey, API, one worker that is a group of two CPU ranks,
 gloo), paris-mini."""
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(),
                                 reason="weights/paris-mini not built (run `make paris-mini`)")
 
 TIMEOUT_S = 6.0  # --group-timeout: the group ends within 4/3 of it (server/worker_group.py)
-JOBS, STEPS = 3, 12
+JOBS, STEPS = 3, 8
 
 
 def events(proc: Proc, name: str) -> list[dict]:
@@ -43,7 +44,7 @@ def test_kill_9_of_rank_1_ends_the_group_and_every_job_completes_once(tmp_path):
                                                      "num_inference_steps": str(STEPS), "seed": str(i)}, timeout=30)
             assert r.status_code == 200, r.text
             ids.append(r.json()["id"])
-        wait_until(lambda: any(httpx.get(f"{url}/v1/videos/{j}", timeout=10).json()["progress"] >= 15 for j in ids),
+        wait_until(lambda: any(httpx.get(f"{url}/v1/videos/{j}", timeout=10).json()["progress"] >= 12 for j in ids),
                    90, 0.1, "a job past its first steps")
         killed_at = time.time()
         os.kill(rank1, signal.SIGKILL)
@@ -66,6 +67,17 @@ def test_kill_9_of_rank_1_ends_the_group_and_every_job_completes_once(tmp_path):
         for j in ids:
             r = httpx.get(f"{url}/v1/videos/{j}/content", timeout=30)
             assert r.status_code == 200 and len(r.content) > 0
+
+        # a hang, while idle: only the pings can find it
+        rank1 = events(serve, "worker_group_started")[1]["pids"][1]
+        stopped_at = time.time()
+        os.kill(rank1, signal.SIGSTOP)
+        wait_until(lambda: len(events(serve, "worker_group_failed")) >= 2, 4 * TIMEOUT_S, 0.05, "hang found")
+        assert time.time() - stopped_at <= TIMEOUT_S * 4 / 3 + 2
+        assert "rank 1" in events(serve, "worker_group_failed")[1]["error"]
+        wait_until(lambda: len(events(serve, "worker_exited")) >= 2, 30, 0.1, "second worker exit")
+        assert events(serve, "worker_exited")[1]["code"] == 4
+        assert not os.path.exists(f"/proc/{rank1}") or open(f"/proc/{rank1}/stat").read().split()[2] == "Z"  # killed
     finally:
         serve.stop(30)
         print("\n".join(serve.log.read_text(errors="replace").splitlines()[-40:]))
