@@ -106,6 +106,33 @@ def rank0(group, model, args) -> dict:
     return report
 
 
+def broken_expert(group, model, args) -> dict:
+    """With expert_2's weights unreadable on rank 1 (the test breaks them): a request routed to it
+    fails with the stage's code, naming the rank; one routed to expert_0 (also on rank 1)
+    completes, and so does a request admitted after the failure."""
+    placement = {f"expert_{i}": (1,) for i in range(3)}
+    runner = GroupRunner.for_model(group, model, placement)
+    engine = Engine(model, max_batch=4, expert_runner=runner)
+    fixed = lambda prompt, expert: GenerationRequest(prompt, seed=0, routing="fixed", expert=expert, num_inference_steps=3)
+    outcomes = {}
+
+    def run(requests):
+        for job_id, r in requests:
+            engine.admit(job_id, resolve(model.manifest, r))
+        while engine.has_work:
+            for event in engine.tick():
+                match event:
+                    case Finished(job_id=job_id):
+                        outcomes[job_id] = {"status": "completed"}
+                    case Failed(job_id=job_id, message=message, code=code):
+                        outcomes[job_id] = {"status": "failed", "code": code, "message": message}
+
+    run([("to expert 2", fixed("a green triangle fading out", 2)), ("to expert 0", fixed("a red circle moving left", 0))])
+    run([("after", fixed("a red circle moving right", 0))])
+    runner.stop()
+    return {"world_size": group.world_size, "outcomes": outcomes}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--devices", default="cpu,cpu", help="one per rank (ignored under torchrun)")
@@ -116,6 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--only", help="placement names, ';'-separated")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    p.add_argument("--broken-expert", action="store_true", help="run broken_expert() instead of the scenarios")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -134,7 +162,7 @@ def main(argv=None) -> int:
         model = load_model(args.model)
         group = join_group(0, world, "cpu", args.timeout)
     try:
-        report = rank0(group, model, args)
+        report = (broken_expert if args.broken_expert else rank0)(group, model, args)
     except GroupFailed as exc:
         print(f"group failed: {exc}", file=sys.stderr)
         return 1

@@ -54,3 +54,25 @@ def test_two_ranks_give_the_frames_of_one_process(tmp_path):
 
 def test_three_ranks_give_the_frames_of_one_process(tmp_path):
     check(run_check(tmp_path, "cpu,cpu,cpu"), 3)
+
+
+def test_a_forward_failing_on_a_rank_fails_only_its_requests(tmp_path):
+    """expert_2's weights unreadable (truncated) on the rank that holds it: the request routed
+    to it fails with denoise_failed naming the rank, as one process would fail it; the request
+    on expert_0 (same rank) completes, and the group keeps serving."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model)
+    weights = model / "expert_2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.group_check", "--devices", "cpu,cpu", "--model",
+                           str(model), "--broken-expert", "--out", str(out), "--timeout", "30"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = json.loads(out.read_text())["outcomes"]
+    assert outcomes["to expert 2"]["status"] == "failed" and outcomes["to expert 2"]["code"] == "denoise_failed"
+    assert "expert_2 failed on rank 1" in outcomes["to expert 2"]["message"]
+    assert outcomes["to expert 0"] == {"status": "completed"}
+    assert outcomes["after"] == {"status": "completed"}
