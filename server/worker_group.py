@@ -48,6 +48,7 @@ def _torchrun_device(settings: Settings, local_rank: int) -> str:
 
 def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
     from pipeline.distributed.serving import plan_group
+    from pipeline.planner.plan import PlanRefused
 
     from .cli import EXIT_REFUSED
     from .worker import WorkerRefused, build_worker
@@ -69,7 +70,7 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
         group = plan_group(info, settings.model, devices, settings.device_memory, settings.host_memory,
                            settings.reserve, settings.max_batch)
         worker = build_worker(settings, redis_url(), group)
-    except WorkerRefused as exc:
+    except (WorkerRefused, PlanRefused) as exc:  # PlanRefused: the placement cannot hold rank 0's share
         print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
         _exit_group(procs, EXIT_REFUSED)
     join(info, init)
