@@ -65,6 +65,8 @@ WORKER_FLAGS = (
          "rows run on the devices holding it (a worker group; README: Several GPUs behind one worker)"),
     Flag("--group-timeout", "group_timeout_s", float, "seconds a rank of a worker group may stay silent before the "
          "group ends and the worker exits non-zero (default 60)"),
+    Flag("--group-stream-copies", "group_stream_copies", str, "true: each device of a worker group also streams the "
+         "experts it does not hold whole, so every request's guidance rows can split (pays on long clips)"),
 )
 
 

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     # devices holding it; rank r on group_devices[r] (under torchrun: its local rank's device)
     group_devices: Annotated[list[str], NoDecode] = Field(default_factory=list)
     group_timeout_s: float = Field(60.0, gt=0)  # a rank silent this long ends the group (README)
+    group_stream_copies: bool = False           # also stream, on each device, the experts it does not hold whole
 
     # `paris serve`: its worker processes
     workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)

@@ -53,24 +53,30 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
     from .cli import EXIT_REFUSED
     from .worker import WorkerRefused, build_worker
 
-    timeout, env, procs = settings.group_timeout_s, torchrun_env(), []
+    timeout, env, procs, init = settings.group_timeout_s, torchrun_env(), [], None
     if env is None:
-        devices = list(settings.group_devices)
-        init, procs = start_ranks(devices, settings.model, timeout, settings.threads)
+        rank, devices = 0, list(settings.group_devices)
         world = len(devices)
-    else:
+    else:  # a rank knows only its own device: the others are taken alike (give --device-memory)
         rank, world, local = env
-        device = _torchrun_device(settings, local)
-        if rank != 0:
-            return serve_rank(rank, world, device, settings.model, timeout, None, settings.threads)
-        devices, init = [device] * world, None  # rank 0 knows only its own device: the others are taken alike
+        devices = [_torchrun_device(settings, local)] * world
+    try:  # every rank plans (it is deterministic) and reads its share
+        group = plan_group(group_info(rank, world, devices[rank], timeout), settings.model, devices,
+                           settings.device_memory, settings.host_memory, settings.reserve, settings.max_batch,
+                           settings.group_stream_copies)
+    except PlanRefused as exc:  # the placement cannot hold rank 0's share
+        print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if rank != 0:
+        return serve_rank(rank, world, devices[rank], settings.model, timeout, None, settings.threads,
+                          group.streams.get(rank))
+    if env is None:
+        init, procs = start_ranks(devices, settings.model, timeout, settings.threads, streams=group.streams)
     settings = settings.model_copy(update={"device": devices[0]})
-    info = group_info(0, world, devices[0], timeout)
+    info = group.info
     try:  # the model loads before the group meets, as on every rank
-        group = plan_group(info, settings.model, devices, settings.device_memory, settings.host_memory,
-                           settings.reserve, settings.max_batch)
         worker = build_worker(settings, redis_url(), group)
-    except (WorkerRefused, PlanRefused) as exc:  # PlanRefused: the placement cannot hold rank 0's share
+    except WorkerRefused as exc:
         print(f"paris worker: refusing to start: {exc}", file=sys.stderr)
         _exit_group(procs, EXIT_REFUSED)
     join(info, init)
@@ -85,7 +91,7 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     _event("worker_group_started", worker=worker.id, ranks=world, pids=[os.getpid()] + [p.pid for p in procs],
-           devices=devices, experts=group.experts, timeout_s=timeout)
+           devices=devices, experts=group.experts, streamed=group.streams, timeout_s=timeout)
     try:
         worker.run()
     except GroupFailed as exc:  # raised inside a tick: the loop did not get to hand its jobs back

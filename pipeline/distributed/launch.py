@@ -20,9 +20,10 @@ def free_port() -> int:
 
 
 def serve_rank(rank: int, world_size: int, device: str, model_folder: str, timeout_s: float,
-               init_method: str | None, threads: int | None = None) -> int:
+               init_method: str | None, threads: int | None = None, streamed: dict[str, int] | None = None) -> int:
     """A rank other than 0, from joining the group to rank 0's stop: 0, or 1 when the group
-    failed (rank 0 gone or silent past the timeout)."""
+    failed (rank 0 gone or silent past the timeout). `streamed`: the experts it streams block by
+    block (name -> window blocks), the others it places whole."""
     from ..loader import load_model, quiet_library_logging
     from .rank import RankServer
     from .wire import Link
@@ -30,7 +31,7 @@ def serve_rank(rank: int, world_size: int, device: str, model_folder: str, timeo
     if threads:
         torch.set_num_threads(threads)
     quiet_library_logging()
-    model = load_model(model_folder, device=device)  # before joining: experts load when first asked for
+    model = load_model(model_folder, device=device, streamed=streamed)  # before joining; experts load when first asked for
     group = join_group(rank, world_size, device, timeout_s, init_method)
     try:
         RankServer(model, Link(group, 0)).serve()
@@ -47,7 +48,7 @@ def _rank_process(*args) -> None:
 
 
 def start_ranks(devices: list[str], model_folder: str, timeout_s: float, threads: int | None = None,
-                init_method: str | None = None) -> tuple[str, list]:
+                init_method: str | None = None, streams: dict[int, dict[str, int]] | None = None) -> tuple[str, list]:
     """Starts ranks 1..len(devices)-1 (rank r on devices[r]); the caller joins as rank 0 with the
     returned init method. The children get SIGTERM if this process dies (they would also see
     rank 0's connections close)."""
@@ -56,7 +57,8 @@ def start_ranks(devices: list[str], model_folder: str, timeout_s: float, threads
     procs = []
     for rank in range(1, len(devices)):
         p = ctx.Process(target=_rank_process, name=f"paris-rank-{rank}",
-                        args=(rank, len(devices), devices[rank], str(model_folder), timeout_s, init_method, threads))
+                        args=(rank, len(devices), devices[rank], str(model_folder), timeout_s, init_method, threads,
+                              (streams or {}).get(rank)))
         p.start()
         procs.append(p)
     return init_method, procs

@@ -105,4 +105,5 @@ class RankServer:
             replies.append({"ok": True, "ran": ran})
         for job_id, step, _ in h["latents"]:
             self.jobs[job_id].step_cache.end_step(step)  # as the engine does once a step is done
-        return {"kind": "done", "chunks": replies}, outputs
+        stats = self.model.residency.stats
+        return {"kind": "done", "chunks": replies, "bytes_streamed": stats.bytes_streamed}, outputs

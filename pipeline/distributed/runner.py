@@ -56,6 +56,7 @@ class GroupRunner:
         self.failed: GroupFailed | None = None
         self.steps = 0  # ticks that sent rows
         self.conditioning_sends: Counter = Counter()  # (rank, job) and (rank, text) -> times sent
+        self.bytes_streamed: dict[int, int] = {}  # rank -> bytes its residency streamed so far (its last answer)
 
     @classmethod
     def for_model(cls, group: GroupInfo, model, placement: dict[str, tuple[int, ...]]) -> "GroupRunner":
@@ -176,6 +177,7 @@ class GroupRunner:
         if header.get("kind") != "done" or len(header["chunks"]) != len(chunks):
             raise GroupFailed(f"rank {r} answered {header.get('kind')!r} with {len(header.get('chunks', []))} "
                               f"forwards for {len(chunks)}")
+        self.bytes_streamed[r] = header["bytes_streamed"]
         device = engine.model.device
         for (key, chunk), reply in zip(chunks, header["chunks"]):
             if not reply["ok"]:

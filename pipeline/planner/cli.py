@@ -22,6 +22,8 @@ def register(sub) -> None:
                       "with --devices, one for all or one per device: 80GiB,80GiB,48GiB")
     plan.add_argument("--devices", type=int, help="place the experts over a worker group of this many devices "
                       "(pipeline/planner/placement.py)")
+    plan.add_argument("--stream-copies", action="store_true", help="with --devices: also stream, on each device, the "
+                      "experts it does not hold whole (every request's guidance rows can then split; pays on long clips)")
     plan.add_argument("--host-memory", help="host budget for pinned copies (default: 90%% of this machine's RAM)")
     plan.add_argument("--reserve", help="device memory held back (default: 5%% of the device budget, at least 2GiB)")
     plan.add_argument("--max-batch", type=int, default=8, help="requests served at once")
@@ -57,7 +59,8 @@ def run_placement(args) -> int:
         if args.devices < 1:
             raise ValueError("--devices: at least 1")
         targets = group_targets(args)
-        placement = place(measure_footprint(args.model, args.size, args.frames, args.max_batch), targets)
+        placement = place(measure_footprint(args.model, args.size, args.frames, args.max_batch), targets,
+                          stream_copies=args.stream_copies)
     except (ValueError, ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

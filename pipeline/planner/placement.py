@@ -33,6 +33,11 @@ class DeviceShare:
     plan: Plan | None  # rank 0's one-device plan; None on the other ranks
     bytes: int  # what it fills (rank 0: its plan's device bytes)
     rows_per_forward: int
+    streamed_copies: tuple[str, ...] = ()  # ranks 1..: experts streamed here (rank 0: in its plan)
+
+    @property
+    def streamed(self) -> tuple[str, ...]:
+        return tuple(self.plan.streamed) if self.plan is not None else self.streamed_copies
 
     @property
     def budget(self) -> int:
@@ -51,25 +56,33 @@ class GroupPlacement:
 
     @property
     def experts(self) -> dict[str, tuple[int, ...]]:
-        """Expert key -> the ranks holding it: what the worker group's runner reads."""
-        return {e: tuple(d.rank for d in self.devices if e in d.experts) for e in self.footprint.expert_names}
+        """Expert key -> the ranks holding it, whole or streamed: what the worker group's runner reads."""
+        return {e: tuple(d.rank for d in self.devices if e in d.experts or e in d.streamed_copies)
+                for e in self.footprint.expert_names}
+
+    @property
+    def streams(self) -> dict[int, dict[str, int]]:
+        """Rank (1..) -> the experts it streams, name -> window blocks: what the rank loads with."""
+        return {d.rank: {e: d.target.window_blocks for e in d.streamed_copies} for d in self.devices[1:] if d.streamed_copies}
 
     @property
     def rows_per_forward(self) -> int:
         return min(d.rows_per_forward for d in self.devices if d.experts or d.rank == 0)
 
     @property
-    def streamed(self) -> list[str]:
-        return self.devices[0].plan.streamed
+    def streamed(self) -> dict[int, list[str]]:
+        """Rank -> the experts streamed there."""
+        return {d.rank: list(d.streamed) for d in self.devices if d.streamed}
 
     def to_json(self) -> dict:
         f = self.footprint
         return {
             "model": f.model, "clip": f.shape.label, "max_batch": f.max_batch, "estimate": True,
-            "experts": {e: list(r) for e, r in self.experts.items()}, "streamed_on_rank_0": self.streamed,
+            "experts": {e: list(r) for e, r in self.experts.items()}, "streamed": self.streamed,
             "rows_per_forward": self.rows_per_forward,
             "devices": [{"rank": d.rank, "device_memory": d.target.device_memory, "device_budget": d.budget,
-                         "experts": list(d.experts), "components": d.components, "device_bytes": d.bytes,
+                         "experts": [e for e in d.experts if e not in d.streamed], "streamed": list(d.streamed),
+                         "components": d.components, "device_bytes": d.bytes,
                          "headroom": d.budget - d.bytes, "rows_per_forward": d.rows_per_forward}
                         for d in self.devices],
             "rank_0_plan": self.devices[0].plan.to_json(),
@@ -84,16 +97,22 @@ def engine_footprint(f: Footprint, experts: tuple[str, ...]) -> Footprint:
                    expert_names=tuple(e for e in f.expert_names if e in experts))
 
 
-def expert_rank_bytes(f: Footprint, experts: tuple[str, ...], rows: int) -> int:
-    return sum(f.weights[e] for e in experts) + f.expert.activation.at(rows) + 2 * f.max_batch * f.embedding_bytes
+def expert_rank_bytes(f: Footprint, experts: tuple[str, ...], rows: int, streamed: tuple[str, ...] = (),
+                      window_blocks: int = 0) -> int:
+    window = window_blocks * max(f.expert.block_bytes) if streamed else 0
+    return (sum(f.weights[e] for e in experts) + window + f.expert.activation.at(rows)
+            + 2 * f.max_batch * f.embedding_bytes)
 
 
-def expert_rank_rows(f: Footprint, target: Target, experts: tuple[str, ...]) -> int | None:
+def expert_rank_rows(f: Footprint, target: Target, experts: tuple[str, ...], streamed: tuple[str, ...] = ()) -> int | None:
     """The most rows per forward (up to a full image-to-video batch) that fit beside the
-    experts; None when not even one request's rows do."""
+    experts (and a streaming window); None when not even one request's rows do, or the host
+    cannot hold the streamed experts' pinned copies."""
+    if streamed and sum(f.weights[e] for e in streamed) + max(f.weights.values()) > target.host_memory:
+        return None
     budget = device_budget(target.device_memory, target.reserve)
     for rows in range(f.rows_per_request * f.max_batch, f.rows_per_request - 1, -1):
-        if expert_rank_bytes(f, experts, rows) <= budget:
+        if expert_rank_bytes(f, experts, rows, streamed, target.window_blocks) <= budget:
             return rows
     return None
 
@@ -104,6 +123,7 @@ class _Layout:
     def __init__(self, f: Footprint, targets: list[Target]):
         self.f, self.targets = f, targets
         self.holds: dict[int, tuple[str, ...]] = {r: () for r in range(len(targets))}
+        self.streams: dict[int, tuple[str, ...]] = {r: () for r in range(1, len(targets))}  # rank 0: its plan decides
 
     def rank0_plan(self, experts: tuple[str, ...]) -> Plan | None:
         try:
@@ -119,10 +139,30 @@ class _Layout:
             if plan is None or (whole and set(plan.streamed) & set(experts)):
                 return None
             return DeviceShare(0, target, experts, plan, plan.device_bytes, plan.rows_per_forward)
-        rows = expert_rank_rows(self.f, target, experts)
+        streamed = self.streams[rank]
+        rows = expert_rank_rows(self.f, target, experts, streamed)
         if rows is None:
             return None
-        return DeviceShare(rank, target, experts, None, expert_rank_bytes(self.f, experts, rows), rows)
+        return DeviceShare(rank, target, experts, None,
+                           expert_rank_bytes(self.f, experts, rows, streamed, target.window_blocks), rows, streamed)
+
+    def add_streamed_copy(self, rank: int, expert: str, min_rows: int) -> bool:
+        """Streams `expert` on `rank` too, if its window (and on rank 0 its plan) allows without
+        demoting an expert held whole there."""
+        if rank == 0:
+            before = self.share(0, self.holds[0], whole=False)
+            after = self.share(0, self.holds[0] + (expert,), whole=False)
+            whole = lambda s: set(s.experts) - set(s.plan.streamed)
+            if after is None or after.rows_per_forward < min_rows or whole(after) != whole(before):
+                return False
+            self.holds[0] += (expert,)
+            return True
+        self.streams[rank] += (expert,)
+        s = self.share(rank, self.holds[rank])
+        if s is None or s.rows_per_forward < min_rows:
+            self.streams[rank] = self.streams[rank][:-1]
+            return False
+        return True
 
     def best(self, expert: str, ranks, min_rows: int) -> int | None:
         """The rank with the most room left once it holds `expert` too (rank 0 last among equals)."""
@@ -136,7 +176,7 @@ class _Layout:
         return max(options)[-1] if options else None
 
 
-def place(f: Footprint, targets: list[Target]) -> GroupPlacement:
+def place(f: Footprint, targets: list[Target], stream_copies: bool = False) -> GroupPlacement:
     """See the module docstring; PlanRefused when rank 0 cannot serve one request even with
     every expert streamed."""
     if not targets:
@@ -166,6 +206,11 @@ def place(f: Footprint, targets: list[Target]) -> GroupPlacement:
                 break
         else:
             break
+    if stream_copies and len(targets) > 1:
+        for r in ranks:
+            for e in f.expert_names:
+                if e not in layout.holds[r] and e not in layout.streams.get(r, ()):
+                    layout.add_streamed_copy(r, e, 2 * f.max_batch)
     layout.holds = {r: tuple(sorted(h)) for r, h in layout.holds.items()}
     devices = [layout.share(0, layout.holds[0], whole=False)]
     devices += [layout.share(r, layout.holds[r]) or DeviceShare(r, targets[r], (), None, 0, 0) for r in ranks[1:]]
@@ -177,12 +222,12 @@ def table(p: GroupPlacement) -> str:
     rows = [f"{f.model}: {f.shape.label}, up to {f.max_batch} requests at once, {len(p.devices)} devices (estimate)", "",
             f"{'rank':<5} {'memory':>10} {'budget':>10} {'fills':>10} {'headroom':>10} {'rows':>5}  holds"]
     for d in p.devices:
-        held = sorted(d.experts) + [f"{n} ({d.plan.placement[n]})" for n in d.components]
+        held = [f"{e} (streamed)" if e in d.streamed else e for e in sorted(set(d.experts) | set(d.streamed))] + [f"{n} ({d.plan.placement[n]})" for n in d.components]
         rows.append(f"{d.rank:<5} {gib(d.target.device_memory):>10} {gib(d.budget):>10} {gib(d.bytes):>10} "
                     f"{gib(d.budget - d.bytes):>10} {d.rows_per_forward:>5}  {', '.join(held) or '-'}")
-    rows += ["", "expert     ranks"]
-    rows += [f"{e:<10} {', '.join(map(str, r))}" + ("  (streamed on rank 0)" if e in p.streamed else "")
-             for e, r in p.experts.items()]
+    rows += ["", "expert     ranks (s: streamed there)"]
+    rows += [f"{e:<10} " + ", ".join(f"{r}s" if e in p.streamed.get(r, ()) else str(r) for r in ranks)
+             for e, ranks in p.experts.items()]
     rows += ["", f"rows per forward (the group's): {p.rows_per_forward}"]
     return "\n".join(rows)
 

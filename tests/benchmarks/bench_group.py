@@ -168,7 +168,7 @@ def estimates(model: Path, frames_list, cases, rate: float) -> dict:
                 "jobs_per_min": round(n * 60 * PER_REPLICA / replica_8["seconds"], 2)}}
             if n > 1:
                 p = place(f, [Target(gib * GiB, HOST, max_batch=PER_REPLICA)] * n)
-                streamed = {0: set(p.streamed)}
+                streamed = {r: set(v) for r, v in p.streamed.items()}
                 row["placement"] = {e: list(r) for e, r in p.experts.items()}
                 row["group"] = {}
                 for name, link in LINKS.items():

@@ -98,7 +98,8 @@ def rank0(group, model, args) -> dict:
                 "jobs": len(requests), "steps": args.steps, "equal": [bool(np.array_equal(a, b)) for a, b in zip(alone, together)],
                 "max_pixel_difference": diffs, "bytes": runner.traffic.total, "messages": runner.traffic.messages,
                 "ticks_exchanged": runner.steps,
-                "most_conditioning_sends": max(runner.conditioning_sends.values()), "seconds_one_process": round(alone_s, 3),
+                "most_conditioning_sends": max(runner.conditioning_sends.values()),
+                "bytes_streamed_on_ranks": sum(runner.bytes_streamed.values()), "seconds_one_process": round(alone_s, 3),
                 "seconds_group": round(seconds, 3),
             })
             print(json.dumps(report["scenarios"][-1]), file=sys.stderr, flush=True)
@@ -143,6 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--only", help="placement names, ';'-separated")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    p.add_argument("--streams", help="experts rank 1 streams block by block, e.g. 1:expert_0,expert_2")
     p.add_argument("--broken-expert", action="store_true", help="run broken_expert() instead of the scenarios")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -152,7 +154,11 @@ def main(argv=None) -> int:
     procs = []
     if env is None:
         devices = args.devices.split(",")
-        init, procs = start_ranks(devices, args.model, args.timeout, threads=1)
+        streams = {}
+        if args.streams:
+            rank, names = args.streams.split(":")
+            streams = {int(rank): {name: 2 for name in names.split(",")}}  # a 2-block window
+        init, procs = start_ranks(devices, args.model, args.timeout, threads=1, streams=streams)
         model = load_model(args.model)  # before joining, as every rank does
         group = join_group(0, len(devices), devices[0], args.timeout, init)
     else:

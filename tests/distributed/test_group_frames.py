@@ -76,3 +76,23 @@ def test_a_forward_failing_on_a_rank_fails_only_its_requests(tmp_path):
     assert "expert_2 failed on rank 1" in outcomes["to expert 2"]["message"]
     assert outcomes["to expert 0"] == {"status": "completed"}
     assert outcomes["after"] == {"status": "completed"}
+
+
+def test_streamed_experts_on_a_rank_give_the_same_frames(tmp_path):
+    """Rank 1 streams expert_0 and expert_2 block by block (as `--group-stream-copies` makes it
+    do) and holds expert_1 whole: frames equal one process, bit for bit where it is the only
+    holder."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.group_check", "--devices", "cpu,cpu", "--out", str(out),
+                           "--timeout", "30", "--streams", "1:expert_0,expert_2",
+                           "--only", "experts on rank 1;replicated on 0 and 1"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert len(scenarios) == 4
+    for s in scenarios:
+        assert s["bytes_streamed_on_ranks"] > 0, s  # rank 1 did stream
+        if s["placement"] == "experts on rank 1":
+            assert all(s["equal"]), s
+        else:
+            assert max(s["max_pixel_difference"]) <= SPLIT_TOLERANCE, s

@@ -87,3 +87,22 @@ def test_paris_plan_devices_refuses_a_wrong_count():
                            "--device-memory", "80GiB,48GiB", "--host-memory", "512GiB"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "2 sizes for 3 devices" in proc.stderr
+
+
+def test_stream_copies_put_every_expert_on_both_80gb_devices(paris2):
+    p = place(paris2, [Target(80 * GiB, HOST)] * 2, stream_copies=True)
+    check_fits(p)
+    assert all(ranks == (0, 1) for ranks in p.experts.values())  # every request's rows can split
+    streamed = [e for r in p.streamed.values() for e in r]
+    assert len(streamed) == 2 and len(set(streamed)) == 2  # one streamed copy on each device
+    held_whole = {e for d in p.devices for e in d.experts if e not in d.streamed}
+    assert held_whole == set(paris2.expert_names)  # every expert still whole somewhere
+    assert p.streams == {1: {streamed_on_1: 3 for streamed_on_1 in p.streamed[1]}}
+
+
+def test_stream_copies_never_demote_a_whole_expert(paris2):
+    plain = place(paris2, [Target(48 * GiB, HOST)] * 3)
+    copies = place(paris2, [Target(48 * GiB, HOST)] * 3, stream_copies=True)
+    for a, b in zip(plain.devices, copies.devices):
+        whole = lambda d: set(d.experts) - set(d.streamed)
+        assert whole(a) == whole(b)
