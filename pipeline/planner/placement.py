@@ -206,11 +206,13 @@ def place(f: Footprint, targets: list[Target], stream_copies: bool = False) -> G
                 break
         else:
             break
-    if stream_copies and len(targets) > 1:
-        for r in ranks:
-            for e in f.expert_names:
-                if e not in layout.holds[r] and e not in layout.streams.get(r, ()):
-                    layout.add_streamed_copy(r, e, 2 * f.max_batch)
+    if stream_copies and len(targets) > 1:  # a second holder for each expert that has one
+        for e in f.expert_names:
+            holders = [r for r in ranks if e in layout.holds[r]]
+            others = sorted((r for r in ranks if r not in holders), key=lambda r: (r == 0, r))
+            for r in others[: max(0, 2 - len(holders))]:
+                if layout.add_streamed_copy(r, e, 2 * f.max_batch):
+                    break
     layout.holds = {r: tuple(sorted(h)) for r, h in layout.holds.items()}
     devices = [layout.share(0, layout.holds[0], whole=False)]
     devices += [layout.share(r, layout.holds[r]) or DeviceShare(r, targets[r], (), None, 0, 0) for r in ranks[1:]]

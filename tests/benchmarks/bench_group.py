@@ -167,28 +167,22 @@ def estimates(model: Path, frames_list, cases, rate: float) -> dict:
                 "latency_s": round(replica_1["seconds"], 2),
                 "jobs_per_min": round(n * 60 * PER_REPLICA / replica_8["seconds"], 2)}}
             if n > 1:
-                p = place(f, [Target(gib * GiB, HOST, max_batch=PER_REPLICA)] * n)
-                streamed = {r: set(v) for r, v in p.streamed.items()}
-                row["placement"] = {e: list(r) for e, r in p.experts.items()}
-                row["group"] = {}
-                for name, link in LINKS.items():
-                    one = group_seconds(f, p.experts, streamed, 1, link, msg, rate)
-                    full = group_seconds(f, p.experts, streamed, n * PER_REPLICA, link, msg, rate)
-                    row["group"][name] = {
-                        "latency_s": round(one["seconds"], 2),
-                        "latency_vs_one_replica": round(one["seconds"] / replica_1["seconds"], 3),
-                        "jobs_per_min": round(60 * n * PER_REPLICA / full["seconds"], 2),
-                        "jobs_per_min_vs_replicas": round(60 * n * PER_REPLICA / full["seconds"] / row["replicas"]["jobs_per_min"], 3),
-                        "exchange_share_of_step_1_request": round(one["exchange_share_of_step"], 4),
-                        "exchange_share_of_step_full": round(full["exchange_share_of_step"], 4)}
-                if n == 2:  # what-if: every expert on both devices, the third streamed on each (not placed today)
-                    both = {e: (0, 1) for e in f.expert_names}
-                    held = {0: set(p.devices[0].experts), 1: set(p.devices[1].experts)}
-                    what_if = group_seconds(f, both, {r: set(f.expert_names) - held[r] for r in (0, 1)}, 1,
-                                            LINKS["NVLink 4"], msg, rate)
-                    row["what_if_every_expert_on_both_third_streamed_nvlink"] = {
-                        "latency_s": round(what_if["seconds"], 2),
-                        "latency_vs_one_replica": round(what_if["seconds"] / replica_1["seconds"], 3)}
+                for label, copies in (("group", False), ("group_stream_copies", True)):
+                    p = place(f, [Target(gib * GiB, HOST, max_batch=PER_REPLICA)] * n, stream_copies=copies)
+                    streamed = {r: set(v) for r, v in p.streamed.items()}
+                    row[label] = {"placement": {e: list(r) for e, r in p.experts.items()},
+                                  "streamed": {r: sorted(v) for r, v in streamed.items()}}
+                    for name, link in LINKS.items():
+                        one = group_seconds(f, p.experts, streamed, 1, link, msg, rate)
+                        full = group_seconds(f, p.experts, streamed, n * PER_REPLICA, link, msg, rate)
+                        jobs = 60 * n * PER_REPLICA / full["seconds"]
+                        row[label][name] = {
+                            "latency_s": round(one["seconds"], 2),
+                            "latency_vs_one_replica": round(one["seconds"] / replica_1["seconds"], 3),
+                            "jobs_per_min": round(jobs, 2),
+                            "jobs_per_min_vs_replicas": round(jobs / row["replicas"]["jobs_per_min"], 3),
+                            "exchange_share_of_step_1_request": round(one["exchange_share_of_step"], 4),
+                            "exchange_share_of_step_full": round(full["exchange_share_of_step"], 4)}
             rows.append(row)
         out[f"{frames} frames"] = {"message_bytes": msg, "row_seconds": round(f.expert.flops_per_row.total / rate, 4),
                                    "decode_seconds": round(f.decode_flops / rate, 3), "cases": rows}
@@ -198,20 +192,26 @@ def estimates(model: Path, frames_list, cases, rate: float) -> dict:
 def targets(est: dict) -> dict:
     def case(frames, n, gib):
         return next(c for c in est[f"{frames} frames"]["cases"] if c["gpus"] == n and c["gib"] == gib)
+
+    def check(value, name, at_most=True):
+        limit = TARGETS[name]
+        return {"estimate": value, "limit": limit, "met": value <= limit if at_most else value >= limit}
+
     got = {}
     if "129 frames" in est:
-        lat = case(129, 2, 80)["group"]["NVLink 4"]["latency_vs_one_replica"]
-        got["latency_2x80_over_1x80"] = {"estimate": lat, "limit": TARGETS["latency_2x80_over_1x80"],
-                                         "met": lat <= TARGETS["latency_2x80_over_1x80"],
-                                         "what_if_both": case(129, 2, 80)["what_if_every_expert_on_both_third_streamed_nvlink"]}
-        share = case(129, 2, 80)["group"]["10 GbE"]
-        worst = max(share["exchange_share_of_step_1_request"], share["exchange_share_of_step_full"])
-        got["exchange_share_10gbe_129f"] = {"estimate": worst, "limit": TARGETS["exchange_share_10gbe_129f"],
-                                            "met": worst <= TARGETS["exchange_share_10gbe_129f"]}
+        c = case(129, 2, 80)
+        got["latency_2x80_over_1x80"] = check(c["group"]["NVLink 4"]["latency_vs_one_replica"], "latency_2x80_over_1x80")
+        got["latency_2x80_over_1x80 (--group-stream-copies)"] = check(
+            c["group_stream_copies"]["NVLink 4"]["latency_vs_one_replica"], "latency_2x80_over_1x80")
+        shares = [c[label]["10 GbE"][k] for label in ("group", "group_stream_copies")
+                  for k in ("exchange_share_of_step_1_request", "exchange_share_of_step_full")]
+        got["exchange_share_10gbe_129f"] = check(max(shares), "exchange_share_10gbe_129f")
     if "33 frames" in est:
-        ratio = case(33, 3, 48)["group"]["PCIe 5 x16"]["jobs_per_min_vs_replicas"]
-        got["jobs_per_min_3x48_33f_over_replicas"] = {"estimate": ratio, "limit": TARGETS["jobs_per_min_3x48_33f_over_replicas"],
-                                                      "met": ratio >= TARGETS["jobs_per_min_3x48_33f_over_replicas"]}
+        c = case(33, 3, 48)
+        for label in ("group", "group_stream_copies"):
+            suffix = "" if label == "group" else " (--group-stream-copies)"
+            got["jobs_per_min_3x48_33f_over_replicas" + suffix] = check(
+                c[label]["PCIe 5 x16"]["jobs_per_min_vs_replicas"], "jobs_per_min_3x48_33f_over_replicas", at_most=False)
     return got
 
 

@@ -28,7 +28,9 @@ def test_bench_group_tiny():
     msg = est["message_bytes"]
     assert msg["first_tick"] > msg["later_tick"] > 0  # conditioning travels on the first tick only
     cases = {c["gpus"]: c for c in est["cases"]}
-    assert "group" not in cases[1] and set(cases[2]["group"]) == {"NVLink 4", "PCIe 5 x16", "100 GbE", "10 GbE", "1 GbE"}
+    links = {"NVLink 4", "PCIe 5 x16", "100 GbE", "10 GbE", "1 GbE"}
+    assert "group" not in cases[1] and set(cases[2]["group"]) == links | {"placement", "streamed"}
+    assert set(cases[2]["group_stream_copies"]) == links | {"placement", "streamed"}
     slow, fast = cases[2]["group"]["1 GbE"], cases[2]["group"]["NVLink 4"]
     assert slow["exchange_share_of_step_1_request"] > fast["exchange_share_of_step_1_request"]
     assert slow["latency_s"] >= fast["latency_s"]
