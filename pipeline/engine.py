@@ -125,8 +125,11 @@ def _embedding_bytes(e: TextEmbedding) -> int:
 
 class Engine:
     def __init__(self, model: DDMModel, max_batch: int = 8, max_wait: int = 24, limits: MemoryLimits = MemoryLimits(),
-                 stream_batch: int = 1):
+                 stream_batch: int = 1, expert_runner=None):
         self.model = model
+        # None: every expert runs here. A worker group's runner (pipeline/distributed) sends each
+        # expert's rows to the ranks that hold it instead (`run(engine, plan, work, events)`).
+        self.expert_runner = expert_runner
         self.max_batch = max_batch
         self.limits = limits
         self.scheduler = ExpertScheduler(max_wait, always_needed=ALWAYS_NEEDED & model.components.keys(),
@@ -417,25 +420,33 @@ class Engine:
                      guidance: dict[str, Guidance], events: list[Event]) -> dict[tuple[str, str, Branch], torch.Tensor]:
         """Every planned expert's batched forwards: (job, expert key, branch) -> packed output.
         If an expert fails to load or run, the requests routed to it fail."""
+        work = {key: [(s, b) for s in states if key in needs[s.job_id] for b in guidance[s.job_id].branches]
+                for key in plan.expert_order}
+        if self.expert_runner is not None:
+            return self.expert_runner.run(self, plan, work, events)
         outputs = {}
         demand = set(plan.demand)
-        for key in plan.expert_order:
-            rows = [(s, b) for s in states if key in needs[s.job_id] for b in guidance[s.job_id].branches]
+        for key, rows in work.items():
+            rows = [(s, b) for s, b in rows if s.job_id in self.active]  # not those an earlier expert failed
             try:
                 expert = self.model.get(key, demand)
                 if key in plan.prefetch:
                     self.model.residency.prefetch(plan.prefetch[key], protect=demand)
-                for group in _group_by(rows, lambda r: (r[0].img_ids.shape[1], r[0].prompt.tokens.shape[1])):
-                    for chunk in _chunks(group, self.limits.rows_per_forward):
-                        out = self._timed(self._expert_forward, expert, key, chunk)
-                        for i, (s, b) in enumerate(chunk):
-                            outputs[s.job_id, key, b] = out[i : i + 1]
+                for chunk in self.forward_chunks(rows):
+                    out = self._timed(self._expert_forward, expert, key, chunk)
+                    for i, (s, b) in enumerate(chunk):
+                        outputs[s.job_id, key, b] = out[i : i + 1]
             except Exception as exc:
                 failed = {s.job_id for s, _ in rows}
                 self._fail(failed, f"{key} failed: {exc}", failure_code(exc, "denoise_failed"), events)
-                states = [s for s in states if s.job_id not in failed]
             demand.discard(key)
         return outputs
+
+    def forward_chunks(self, rows: list[tuple[RequestState, Branch]]) -> list[list[tuple[RequestState, Branch]]]:
+        """One expert's rows as its forwards take them: same token counts together, at most
+        `rows_per_forward` at a time."""
+        groups = _group_by(rows, lambda r: (r[0].img_ids.shape[1], r[0].prompt.tokens.shape[1]))
+        return [chunk for group in groups for chunk in _chunks(group, self.limits.rows_per_forward)]
 
     def _expert_forward(self, expert, key: str, rows: list[tuple[RequestState, Branch]]) -> torch.Tensor:
         self.stats.expert_forwards += 1

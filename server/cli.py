@@ -61,6 +61,12 @@ WORKER_FLAGS = (
     Flag("--max-job-seconds", "max_job_seconds", float, "a job running longer than this fails with `timeout` "
          "(default 3600)"),
     Flag("--artifact-writers", "artifact_writers", int, "threads writing videos off the engine loop (default 2)"),
+    Flag("--group-devices", "group_devices", str, "one worker over several devices, e.g. cuda:0,cuda:1: each expert's "
+         "rows run on the devices holding it (a worker group; README: Several GPUs behind one worker)"),
+    Flag("--group-timeout", "group_timeout_s", float, "seconds a rank of a worker group may stay silent before the "
+         "group ends and the worker exits non-zero (default 60)"),
+    Flag("--group-stream-copies", "group_stream_copies", str, "true: each device of a worker group also streams the "
+         "experts it does not hold whole, so every request's guidance rows can split (pays on long clips)"),
 )
 
 
@@ -211,6 +217,10 @@ def cmd_api(args) -> int:
 def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
     settings = settings_from_args(args)
+    from .worker_group import in_group, run_group_worker
+
+    if in_group(settings):  # ranks other than 0 never talk to Redis: the URL is looked up on rank 0 only
+        return run_group_worker(settings, lambda: _redis_url(settings, "worker", start=False)[0])
     url, _ = _redis_url(settings, "worker", start=False)
     from .worker import WorkerRefused, build_worker
 
@@ -242,6 +252,8 @@ def _worker_argv(args, settings: Settings, device: str) -> list[str]:
         argv += ["--artifact-dir", str(settings.resolved_artifact_dir().resolve())]
     for flag in QUEUE_FLAGS + WORKER_FLAGS:
         value = device if flag.field == "device" else getattr(settings, flag.field)
+        if isinstance(value, list):  # a comma list (group devices)
+            value = ",".join(value) or None
         if value is not None:
             argv += [flag.name, str(value)]
     return argv
@@ -250,8 +262,10 @@ def _worker_argv(args, settings: Settings, device: str) -> list[str]:
 def worker_launch(args, settings: Settings, device: str, env: dict) -> tuple[list[str], dict]:
     """One worker's command line and environment: it sees only its own GPU (as cuda:0) and runs
     with the allocator configuration the memory plan assumes (pipeline/cuda_env.py)."""
-    from pipeline.cuda_env import child_env
+    from pipeline.cuda_env import allocator_env, child_env
 
+    if settings.group_devices:  # a group spans its devices: each rank makes its own current
+        return _worker_argv(args, settings, device), {**env, **allocator_env(env)}
     worker_env, name = child_env(device, env)
     return _worker_argv(args, settings, name), worker_env
 

@@ -74,11 +74,17 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
     webhook_max_attempts: int = Field(10, ge=1)
 
+    # A worker group (pipeline/distributed): one worker over several devices, each expert's rows on the
+    # devices holding it; rank r on group_devices[r] (under torchrun: its local rank's device)
+    group_devices: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    group_timeout_s: float = Field(60.0, gt=0)  # a rank silent this long ends the group (README)
+    group_stream_copies: bool = False           # also stream, on each device, the experts it does not hold whole
+
     # `paris serve`: its worker processes
     workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
-    @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", mode="before")
+    @field_validator("api_keys", "api_key_hashes", "devices", "group_devices", "webhook_urls", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI

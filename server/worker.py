@@ -451,9 +451,11 @@ def memory_plan(settings: Settings):
     return plan
 
 
-def build_worker(settings: Settings, redis_url: str) -> Worker:
+def build_worker(settings: Settings, redis_url: str, group=None) -> Worker:
     """Plans memory before loading anything, and refuses (WorkerRefused) a platform known to fail
-    on the VAE or a budget that cannot serve one request of the largest size the model allows."""
+    on the VAE or a budget that cannot serve one request of the largest size the model allows.
+    `group`: rank 0 of a worker group (pipeline.distributed.serving.WorkerGroup), whose placement
+    gives the memory plan and whose runner computes the experts' rows on their ranks."""
     import torch
 
     from pipeline.cuda_env import configure_process
@@ -472,12 +474,13 @@ def build_worker(settings: Settings, redis_url: str) -> Worker:
     device = torch.device(settings.device)
     try:
         check_vae_platform(device, read_manifest(settings.model).components.vae.dtype)
-        plan = memory_plan(settings)
+        plan = group.plan if group is not None else memory_plan(settings)
     except (UnsupportedPlatform, PlanRefused) as exc:
         raise WorkerRefused(str(exc)) from None
     model = load_model(settings.model, device=device, **residency_settings(plan))
     engine = Engine(model, max_batch=settings.max_batch, max_wait=settings.max_wait,
-                    limits=memory_limits(plan) if plan else MemoryLimits(), stream_batch=plan.stream_batch if plan else 1)
+                    limits=memory_limits(plan) if plan else MemoryLimits(), stream_batch=plan.stream_batch if plan else 1,
+                    expert_runner=group.runner_for(model) if group is not None else None)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
     store = JobStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, open_artifacts(settings, patient=True), engine)

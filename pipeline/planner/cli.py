@@ -10,6 +10,8 @@ import torch
 from ..errors import ModelFolderError
 from .footprint import measure_footprint
 from ..speed import PRESETS, Speed
+from .placement import place
+from .placement import table as placement_table
 from .plan import Placement, Plan, Target, gib, make_plan
 from .serving import budget_target
 
@@ -17,7 +19,12 @@ from .serving import budget_target
 def register(sub) -> None:
     plan = sub.add_parser("plan", help="measure a model on the meta device and plan where its weights live")
     plan.add_argument("--model", type=Path, required=True, help="model folder (configs and safetensors headers are read)")
-    plan.add_argument("--device-memory", help="device budget, e.g. 80GiB (default on CUDA: the free memory now)")
+    plan.add_argument("--device-memory", help="device budget, e.g. 80GiB (default on CUDA: the free memory now); "
+                      "with --devices, one for all or one per device: 80GiB,80GiB,48GiB")
+    plan.add_argument("--devices", type=int, help="place the experts over a worker group of this many devices "
+                      "(pipeline/planner/placement.py)")
+    plan.add_argument("--stream-copies", action="store_true", help="with --devices: also stream, on each device, the "
+                      "experts it does not hold whole (every request's guidance rows can then split; pays on long clips)")
     plan.add_argument("--host-memory", help="host budget for pinned copies (default: 90%% of this machine's RAM)")
     plan.add_argument("--reserve", help="device memory held back (default: 5%% of the device budget, at least 2GiB)")
     plan.add_argument("--max-batch", type=int, default=8, help="requests served at once")
@@ -35,7 +42,36 @@ def target_from_args(args) -> Target:
     return target
 
 
+def group_targets(args) -> list[Target]:
+    """One target per device: --device-memory is one size for all, or one per device."""
+    sizes = (args.device_memory or "").split(",")
+    if len(sizes) not in (1, args.devices):
+        raise ValueError(f"--device-memory: {len(sizes)} sizes for {args.devices} devices (give one, or one each)")
+    sizes = sizes * args.devices if len(sizes) == 1 else sizes
+    targets = []
+    for size in sizes:
+        args.device_memory = size or None
+        targets.append(target_from_args(args))
+    return targets
+
+
+def run_placement(args) -> int:
+    try:
+        if args.devices < 1:
+            raise ValueError("--devices: at least 1")
+        targets = group_targets(args)
+        placement = place(measure_footprint(args.model, args.size, args.frames, args.max_batch), targets,
+                          stream_copies=args.stream_copies)
+    except (ValueError, ModelFolderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(placement.to_json(), indent=2) if args.json else placement_table(placement))
+    return 0
+
+
 def run_plan(args) -> int:
+    if args.devices is not None:
+        return run_placement(args)
     try:
         target = target_from_args(args)
         footprint = measure_footprint(args.model, args.size, args.frames, args.max_batch)

@@ -43,6 +43,14 @@ def test_workers_run_with_expandable_segments_unless_the_user_configured_the_all
                for _, env in launches(tiny_model_dir, "--devices", "cuda:0", env=mine))
 
 
+def test_a_worker_group_sees_every_gpu_of_its_group(tiny_model_dir):
+    """A group's ranks each make their own device current: narrowing the group's process to one
+    GPU would hide the others from it."""
+    [(argv, env)] = launches(tiny_model_dir, "--device", "cuda", "--group-devices", "cuda:0,cuda:1")
+    assert "CUDA_VISIBLE_DEVICES" not in env and env[ALLOC_CONF] == EXPANDABLE
+    assert argv[argv.index("--group-devices") + 1] == "cuda:0,cuda:1"
+
+
 def test_a_cpu_worker_keeps_its_device_and_sees_every_gpu(tiny_model_dir):
     [(argv, env)] = launches(tiny_model_dir, env={"CUDA_VISIBLE_DEVICES": "2"})
     assert device_of(argv) == "cpu" and env["CUDA_VISIBLE_DEVICES"] == "2"
