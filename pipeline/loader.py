@@ -41,6 +41,8 @@ LIBRARY_CLASSES = {
     "AutoencoderKLHunyuanVideo": AutoencoderKLHunyuanVideo,
 }
 
+ATTENTION = "sdpa"  # for the transformers encoders (T5, CLIP, DINOv2)
+
 
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
@@ -78,7 +80,9 @@ def load_library(component: Component, folder: Path, device: torch.device):
         module = load_strict(library_skeleton(component, folder), folder, dtype)
         configure_vae_decoding(module)
     else:
-        module, info = cls.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        # Attention named, not left to the library's default: T5 ran eager-only in transformers 4
+        # and sdpa in 5, and the two differ by ~1e-6, enough to move paris-mini's frames.
+        module, info = cls.from_pretrained(folder, dtype=dtype, attn_implementation=ATTENTION, output_loading_info=True)
         problems = [f"{folder}: {kind} {sorted(info[kind])}" for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
         if problems:
             raise ModelFolderError(problems)
