@@ -19,16 +19,20 @@ from .artifacts import open_artifacts
 from .auth import KeyRing
 from .dependencies import Services
 from .embedded import EmbeddedValkey
+from .events import EventFeed
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .owned_videos import sweep_expired
 from .routers import events, health, models, playground, unsupported, videos
 from .settings import Settings
 from .store import JobStore
+from .stream_slots import StreamSlots
+from .tenants import parse_networks
 from .uploads import ImageLimits, ImageSlots
 from .webhook_service import WebhookService
 
 log = logging.getLogger("paris.api")
+EVENT_READ_CONNECTIONS = 16  # Redis connections the /events streams of one API process share
 
 
 def create_app(settings: Settings, redis_url: str | None = None, valkey: EmbeddedValkey | None = None) -> FastAPI:
@@ -42,7 +46,13 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
     registry.register(RedisCollector(store, settings.heartbeat_ttl_s))
     webhooks = WebhookService(settings)
     webhooks.check_server_urls()
-    event_reader = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    # /events: short reads on a bounded pool (a stream waits its turn rather than open a
+    # connection per stream), and the one blocking read of the process on a connection of its own
+    event_reader = redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=10, max_connections=EVENT_READ_CONNECTIONS, timeout=10))
+    feed_client = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=10,
+                                               max_connections=1)
+    event_feed = EventFeed(feed_client, store.notices.events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,6 +74,8 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
             task.cancel()
             if stop_deliverer:
                 stop_deliverer.set()
+            await event_feed.aclose()
+            await feed_client.aclose()
             await event_reader.aclose()
 
     # redirect_slashes off: its redirects are absolute URLs built from the client's Host header
@@ -74,7 +86,10 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
                                   keys=KeyRing(settings.plain_api_keys(), settings.api_key_hashes), registry=registry,
                                   started_at=int(time.time()), image_limits=limits,
                                   image_slots=ImageSlots(settings.image_decode_concurrency), valkey=valkey,
-                                  webhooks=webhooks, event_reader=event_reader)
+                                  webhooks=webhooks, event_reader=event_reader, event_feed=event_feed,
+                                  stream_slots=StreamSlots(settings.max_event_streams_per_key,
+                                                           settings.max_event_streams),
+                                  trusted_proxies=parse_networks(settings.trusted_proxies))
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)

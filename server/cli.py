@@ -191,8 +191,11 @@ def _run_api(settings: Settings, url: str, valkey) -> None:
                          "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
     # Event streams stay open until their job ends: on shutdown, give them a few seconds, then close
     # them (the browser reconnects with Last-Event-ID, to another API process if need be).
+    # proxy_headers off: uvicorn would take any X-Forwarded-For from a loopback peer as the client;
+    # server/tenants.py reads it only from PARIS_TRUSTED_PROXIES
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3)
+                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3,
+                proxy_headers=False)
 
 
 def cmd_api(args) -> int:

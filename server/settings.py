@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(16, ge=0)  # queued + running jobs per key, or per client address
                                                     # when no keys are configured (429 beyond; 0: no limit)
     poll_after_ms: int = Field(1000, ge=0)
+    max_event_streams_per_key: int = Field(8, ge=1)  # open /events streams per key (or client address without
+                                                      # keys) in one API process; 429 beyond
+    max_event_streams: int = Field(1000, ge=1)   # open /events streams in one API process; 503 beyond
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # networks whose
+                                                # X-Forwarded-For names the client (the limit without keys)
 
     # Queue
     job_ttl_s: int = Field(24 * 3600, ge=1)     # finished records and files expire after this
@@ -78,12 +83,20 @@ class Settings(BaseSettings):
     workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
-    @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", mode="before")
+    @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v):
+        from .tenants import parse_networks
+
+        parse_networks(v)
         return v
 
     @field_validator("device_memory", "host_memory", "reserve")

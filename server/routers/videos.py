@@ -16,6 +16,7 @@ from ..intake import fingerprint, resolve_create
 from ..jobs import Job, JobStatus, new_job_id
 from ..schemas import Video, VideoDeleted, VideoList
 from ..store import JobStore
+from ..tenants import client_address
 from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
@@ -43,7 +44,7 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
     outcome, found = await run_in_threadpool(
         store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
         fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
-        client=None if services.keys.enabled else _client_address(request))
+        client=None if services.keys.enabled else client_address(request, services.trusted_proxies))
     if outcome != "created" and image is not None:
         await run_in_threadpool(artifacts.remove, job.id)
     if outcome == "limit":
@@ -58,10 +59,6 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
                          "owner": owner, "frames": resolved.num_frames, "size": resolved.size,
                          "steps": resolved.num_inference_steps}))
     return await run_in_threadpool(_video, found, store)
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 @router.get("/videos", response_model=VideoList)

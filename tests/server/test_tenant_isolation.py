@@ -1,0 +1,175 @@
+"""One tenant cannot slow or starve another (issue 19, N1-N3), on real processes: key A holds a
+hundred event streams, posts webhook URLs whose names never resolve, or sends 11 MB bodies, while
+key B's streams run to their end and B's requests (and /health) keep answering within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from .harness import wait_until
+from .sse import read_events
+
+A, B = "pk-tenant-a", "pk-tenant-b"
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create(url: str, key: str, **fields) -> dict:
+    r = httpx.post(url + "/v1/videos", headers=auth(key), timeout=30,
+                   data={"prompt": "a red circle moving left", "num_inference_steps": "6", **fields})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def p95(seconds: list[float]) -> float:
+    return statistics.quantiles(seconds, n=20)[-1] if len(seconds) >= 2 else seconds[0]
+
+
+class Latency:
+    """A background loop of key B's requests (retrieve, list), timing each, until stopped."""
+
+    def __init__(self, url: str, key: str, video_id: str):
+        self.url, self.key, self.video_id = url, key, video_id
+        self.seconds: list[float] = []
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=auth(self.key), timeout=30) as c:
+            while not self._stop.is_set():
+                for path in (f"/v1/videos/{self.video_id}", "/v1/videos?limit=5"):
+                    t0 = time.perf_counter()
+                    r = c.get(path)
+                    self.seconds.append(time.perf_counter() - t0)
+                    self.statuses.append(r.status_code)
+                self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(60)
+
+
+class HeldStreams:
+    """n event streams of one key on one job, opened and held (read, never closed) from a
+    background event loop until the context ends; `statuses` are their answers."""
+
+    def __init__(self, url: str, key: str, video_id: str, n: int):
+        self.url, self.key, self.video_id, self.n = url, key, video_id, n
+        self.statuses: list[int] = []
+        self.opened = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._done: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _one(self, client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", f"/v1/videos/{self.video_id}/events") as r:
+            self.statuses.append(r.status_code)
+            if len(self.statuses) == self.n:
+                self.opened.set()
+            if r.status_code != 200:
+                return
+            with contextlib.suppress(httpx.HTTPError):
+                async for _ in r.aiter_raw():
+                    if self._done.is_set():
+                        return
+
+    async def _main(self) -> None:
+        self._done = asyncio.Event()
+        limits = httpx.Limits(max_connections=self.n + 5, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=self.url, headers=auth(self.key), timeout=120, limits=limits) as c:
+            tasks = [asyncio.create_task(self._one(c)) for _ in range(self.n)]
+            await self._done.wait()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __enter__(self):
+        self._thread.start()
+        assert self.opened.wait(90), f"only {len(self.statuses)} of {self.n} streams answered"
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def streams_stack(make_module_stack):
+    # a per-key cap above A's flood: what keeps B whole here is the shared feed, not the cap
+    s = make_module_stack(api_keys=[A, B], max_event_streams_per_key=150, max_batch=2, tick_delay_s=0.3,
+                          poll_after_ms=200)
+    s.start_api()
+    s.start_worker("w1")
+    return s
+
+
+def test_a_hundred_streams_of_one_key_leave_anothers_streams_and_requests_whole(streams_stack):
+    s = streams_stack
+    long_job = create(s.url, A, num_inference_steps="50")  # A's job runs for the whole test
+    with HeldStreams(s.url, A, long_job["id"], 100) as flood:
+        assert flood.statuses == [200] * 100
+        mine = [create(s.url, B) for _ in range(3)]
+        with Latency(s.url, B, mine[0]["id"]) as latency:
+            for job in mine:
+                frames = read_events(f"{s.url}/v1/videos/{job['id']}/events", B, timeout=120)
+                logged = [f["event"] for f in frames if "id" in f]
+                assert logged[-7:] == ["progress"] * 6 + ["completed"], frames
+                assert set(logged[:-7]) <= {"queued"}
+    assert set(latency.statuses) == {200}
+    figure = p95(latency.seconds)
+    print(f"N1: B's p95 under A's 100 streams: {figure * 1000:.0f} ms over {len(latency.seconds)} requests")
+    assert figure < 1.0
+    httpx.post(f"{s.url}/v1/videos/{long_job['id']}/cancel", headers=auth(A))
+    text = s.api.log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+
+
+def test_streams_past_the_per_key_cap_are_a_429_with_retry_after(make_stack):
+    s = make_stack(api_keys=[A, B], max_event_streams_per_key=3)
+    s.start_api()
+    job = create(s.url, A)  # no worker: it stays queued, its streams stay open
+    theirs = create(s.url, B)
+    with HeldStreams(s.url, A, job["id"], 3):
+        r = httpx.get(f"{s.url}/v1/videos/{job['id']}/events", headers=auth(A))
+        assert r.status_code == 429 and r.headers["retry-after"].isdigit(), r.text
+        assert r.json()["error"]["code"] == "too_many_streams"
+        with httpx.stream("GET", f"{s.url}/v1/videos/{theirs['id']}/events", headers=auth(B)) as other:
+            assert other.status_code == 200  # B's own slots are untouched
+    # A's streams closed: their slots come back
+
+    def reopened():
+        with httpx.stream("GET", f"{s.url}/v1/videos/{job['id']}/events", headers=auth(A), timeout=10) as r:
+            return r.status_code == 200
+    wait_until(reopened, 20, 0.2, "a slot given back")
+
+
+@pytest.mark.parametrize("value", ["18446744073709551616-0", "1-18446744073709551616", "abc", "1-", "-1",
+                                   "１-0".encode(), "1-0-0", "+1-0"])
+def test_a_malformed_last_event_id_is_a_400_naming_it(streams_stack, value):
+    s = streams_stack
+    job = create(s.url, B, num_inference_steps="1")
+    r = httpx.get(f"{s.url}/v1/videos/{job['id']}/events", headers={**auth(B), "Last-Event-ID": value})
+    assert r.status_code == 400, (value, r.status_code, r.text)
+    assert r.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_the_largest_valid_last_event_id_is_taken(streams_stack):
+    s = streams_stack
+    job = create(s.url, B, num_inference_steps="1")
+    biggest = f"{2 ** 64 - 1}-{2 ** 64 - 1}"
+    r = httpx.get(f"{s.url}/v1/videos/{job['id']}/events", headers={**auth(B), "Last-Event-ID": biggest})
+    assert r.status_code == 200
