@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None     # whsec_<base64 key>; without it no webhook is sent or accepted
     webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # every job's events also go here
     webhook_allow_private: bool = False         # also private and loopback receivers (link-local stays refused)
+    webhook_dns_server: str | None = None       # "10.0.0.2" or "10.0.0.2:5353": resolve receivers' names there
+                                                # (UDP, each query time-limited) instead of the system resolver
     webhook_ca_file: Path | None = None         # trust this CA bundle for receivers (default: the public CAs)
     webhook_retry_base_s: float = Field(5.0, gt=0)  # first retry after about this, then doubling ...
     webhook_retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
@@ -89,6 +91,18 @@ class Settings(BaseSettings):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("webhook_dns_server")
+    @classmethod
+    def _dns_server(cls, v):
+        from .webhooks.resolver import parse_server
+
+        if v is not None:
+            try:
+                parse_server(v)
+            except ValueError:
+                raise ValueError("must be an IP address, optionally with :port (e.g. 10.0.0.2:53)") from None
         return v
 
     @field_validator("trusted_proxies")

@@ -16,7 +16,7 @@ from ..intake import fingerprint, resolve_create
 from ..jobs import Job, JobStatus, new_job_id
 from ..schemas import Video, VideoDeleted, VideoList
 from ..store import JobStore
-from ..tenants import client_address
+from ..tenants import client_address, tenant
 from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
@@ -37,7 +37,7 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
     if image_bytes is not None:
         image = await services.image_slots.run(load_image, image_bytes, services.image_limits)
     resolved = resolve_create(body, image, services.manifest)
-    webhook_urls = await run_in_threadpool(services.webhooks.urls_for, body.webhook_url)
+    webhook_urls = await services.webhooks.urls_for(body.webhook_url, tenant(request, services, owner))
     job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
     if image is not None:
         await services.image_slots.run(artifacts.write_input, job.id, image)

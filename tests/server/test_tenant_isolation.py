@@ -173,3 +173,51 @@ def test_the_largest_valid_last_event_id_is_taken(streams_stack):
     biggest = f"{2 ** 64 - 1}-{2 ** 64 - 1}"
     r = httpx.get(f"{s.url}/v1/videos/{job['id']}/events", headers={**auth(B), "Last-Event-ID": biggest})
     assert r.status_code == 200
+
+
+# ---- N2: webhook hosts whose names never resolve ---------------------------------------------------
+SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="  # 26 bytes of key
+
+
+@contextlib.contextmanager
+def silent_dns():
+    """A UDP socket on 127.0.0.1 that takes DNS queries and never answers: a DNS server that hangs."""
+    import socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def test_webhook_hosts_that_never_resolve_do_not_slow_another_key(make_stack):
+    with silent_dns() as dns:
+        s = make_stack(api_keys=[A, B], webhook_secret=SECRET, webhook_dns_server=dns, max_active_jobs_per_key=1000)
+        s.start_api()
+        mine = create(s.url, B)
+        answers: list[httpx.Response] = []
+
+        def flood(i: int) -> None:
+            answers.append(httpx.post(s.url + "/v1/videos", headers=auth(A), timeout=120,
+                                      data={"prompt": "x", "webhook_url": f"https://slow-{i}.example/hook"}))
+
+        with Latency(s.url, B, mine["id"]) as latency:
+            threads = [threading.Thread(target=flood, args=(i,)) for i in range(45)]
+            for t in threads:
+                t.start()
+            t0 = time.perf_counter()
+            created = create(s.url, B)  # B's own POST goes through meanwhile
+            b_post = time.perf_counter() - t0
+            for t in threads:
+                t.join(120)
+    figure = p95(latency.seconds)
+    print(f"N2: B's p95 under 45 slow-resolving webhook POSTs: {figure * 1000:.0f} ms over "
+          f"{len(latency.seconds)} requests; B's POST {b_post * 1000:.0f} ms")
+    assert created["status"] == "queued" and set(latency.statuses) == {200}
+    assert figure < 1.0 and b_post < 1.0
+    assert len(answers) == 45
+    for r in answers:  # each refused with the field named: too slow to resolve, or too many checks at once
+        assert r.status_code in (400, 429), r.text
+        assert r.json()["error"]["param"] == "webhook_url"
+    assert "Traceback" not in s.api.log.read_text(errors="replace")

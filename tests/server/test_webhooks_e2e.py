@@ -6,6 +6,7 @@ openai SDK accepts the signatures; a receiver down for 10 s while the API and th
 still gets each event, once per event id; the job record shows the attempts. Without the setting,
 private addresses are refused with a 400 naming webhook_url (the app in process)."""
 
+import asyncio
 import base64
 import time
 import uuid
@@ -156,7 +157,7 @@ def test_private_addresses_are_refused_with_400_unless_allowed(tiny_model_dir, v
 
 def test_without_a_secret_no_webhook_is_accepted_and_server_urls_are_checked_at_startup():
     with pytest.raises(APIError) as exc:
-        WebhookService(Settings()).urls_for("https://93.184.216.34/hook")
+        asyncio.run(WebhookService(Settings()).urls_for("https://93.184.216.34/hook", "public"))
     assert (exc.value.status, exc.value.param, exc.value.code) == (400, "webhook_url", "webhooks_disabled")
     with pytest.raises(ValueError, match="PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET"):
         Settings(webhook_urls="https://93.184.216.34/hook")
