@@ -15,9 +15,9 @@ import json
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from .errors import APIError, validation_error
+from .forms import FormFile, media_type, parse_form
 from .schemas import CreateVideo
 
 FORM_FIELD_LIMIT = 1024 * 1024
@@ -41,48 +41,50 @@ async def read_create_video(request: Request, max_upload_bytes: int,
 
 
 async def _read_fields(request: Request, max_upload_bytes: int, timeout_s: float) -> tuple[dict, bytes | None]:
-    ctype = request.headers.get("content-type", "").lower()
+    kind, params = media_type(request.headers.get("content-type", ""))
     length = request.headers.get("content-length", "")
     limit = max_upload_bytes + FORM_FIELD_LIMIT
     if length.isdigit() and int(length) > limit:
         raise _too_large(int(length), max_upload_bytes)
     request = _limited(request, limit, max_upload_bytes, timeout_s)
-    if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
-        return await _read_form(request, max_upload_bytes)
-    if ctype.startswith("application/json") or not ctype:
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body = await request.body()  # size-capped as it streams in; parsed whole, off the loop
+        return await run_in_threadpool(_form_fields, kind, params, body, max_upload_bytes)
+    if kind == "application/json" or not kind:
         return await _read_json(request)
-    raise APIError(415, f"Unsupported content type '{ctype}'; send multipart/form-data or application/json.",
-                   code="unsupported_media_type")
+    raise APIError(415, f"Unsupported content type '{kind}'; send multipart/form-data or application/json.",
+                   param="Content-Type", code="unsupported_media_type")
 
 
-async def _read_form(request: Request, max_upload_bytes: int) -> tuple[dict, bytes | None]:
-    try:
-        form = await request.form(max_files=2, max_fields=64, max_part_size=FORM_FIELD_LIMIT)
-    except APIError:
-        raise
-    except Exception as exc:
-        raise APIError(400, f"Could not parse the form body: {exc}", code="invalid_body") from None
+def _form_fields(kind: str, params: dict[str, str], body: bytes, max_upload_bytes: int) -> tuple[dict, bytes | None]:
     fields: dict = {}
     image: bytes | None = None
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if key != "input_reference":
-                raise APIError(400, f"Unexpected file field '{key}'.", param=key, code="unknown_parameter")
-            image = await value.read(max_upload_bytes + 1)
-        elif key.startswith("input_reference["):  # {"image_url": ...} sent as form fields
-            if key != "input_reference[image_url]":
-                raise APIError(400, "input_reference by file_id is not supported; upload the image.",
-                               param="input_reference", code="unsupported")
-            image = _decode_data_url(value)
+    for key, value in parse_form(kind, params, body, FORM_FIELD_LIMIT, max_upload_bytes).items():
+        if isinstance(value, FormFile) or key.startswith("input_reference["):
+            if image is not None:
+                raise APIError(400, "Send one input_reference image, not two.", param="input_reference",
+                               code="duplicate_parameter")
+            if isinstance(value, FormFile):
+                if key != "input_reference":
+                    raise APIError(400, f"Unexpected file field '{key}'.", param=key, code="unknown_parameter")
+                image = value.data
+            else:  # {"image_url": ...} sent as form fields
+                if key != "input_reference[image_url]":
+                    raise APIError(400, "input_reference by file_id is not supported; upload the image.",
+                                   param="input_reference", code="unsupported")
+                image = _decode_data_url(value)
         elif value != "" or key == "prompt":
             fields[key] = value
-    await form.close()
     check_text(fields)
     return fields, image
 
 
 async def _read_json(request: Request) -> tuple[dict, bytes | None]:
-    body = await run_in_threadpool(_decode_json, await request.body() or b"{}")  # up to ~11 MB: off the loop
+    return await run_in_threadpool(_json_fields, await request.body() or b"{}")  # up to ~11 MB: off the loop
+
+
+def _json_fields(data: bytes) -> tuple[dict, bytes | None]:
+    body = _decode_json(data)
     ref = body.pop("input_reference", None)
     if isinstance(ref, dict) and ref.get("image_url"):
         return body, _decode_data_url(ref["image_url"])

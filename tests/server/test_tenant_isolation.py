@@ -272,3 +272,59 @@ def test_health_answers_within_a_second_under_six_11_mb_bodies(bodies_stack, kin
           f"over {len(health)} probes")
     assert [r.status_code for r in answers] == [400] * 6, [r.text[:200] for r in answers]
     assert max(health) < 1.0
+
+
+# ---- N4: strict parsing: 4xx naming the field --------------------------------------------------------
+def png() -> bytes:
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+STRICT_CASES = [
+    ("jsonx is not json", {"content": b'{"prompt": "a"}', "headers": {"Content-Type": "application/jsonx"}},
+     415, "Content-Type"),
+    ("json-seq is not json", {"content": b'{"prompt": "a"}', "headers": {"Content-Type": "application/json-seq"}},
+     415, "Content-Type"),
+    ("num_frames true", {"json": {"prompt": "a", "num_frames": True}}, 400, "num_frames"),
+    ("seed false", {"json": {"prompt": "a", "seed": False}}, 400, "seed"),
+    ("schedule of bools", {"json": {"prompt": "a", "expert_schedule": [True, False]}}, 400, "expert_schedule"),
+    ("latin-1 urlencoded prompt", {"content": b"prompt=caf%E9", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded"}}, 400, "prompt"),
+    ("raw latin-1 multipart prompt", {"content": b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\ncaf\xe9'
+                                                 b'\r\n--b--\r\n',
+                                      "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400, "prompt"),
+    ("repeated prompt", {"data": {"prompt": ["a", "b"]}}, 400, "prompt"),
+    ("repeated seed urlencoded", {"content": b"prompt=a&seed=1&seed=2", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded"}}, 400, "seed"),
+    ("two images", {"data": {"prompt": "a"}, "files": [("input_reference", ("a.png", png(), "image/png")),
+                                                       ("input_reference", ("b.png", png(), "image/png"))]},
+     400, "input_reference"),
+    ("an image file and an image url", {"data": {"prompt": "a", "input_reference[image_url]": "data:image/png;base64,"},
+                                        "files": {"input_reference": ("a.png", png(), "image/png")}},
+     400, "input_reference"),
+    ("a charset that is not utf-8", {"content": b"prompt=a", "headers": {
+        "Content-Type": "application/x-www-form-urlencoded; charset=latin-1"}}, 415, "Content-Type"),
+]
+
+
+@pytest.mark.parametrize("desc,request_kw,status,param", STRICT_CASES, ids=[c[0] for c in STRICT_CASES])
+def test_strict_bodies_are_a_4xx_naming_the_field(bodies_stack, desc, request_kw, status, param):
+    r = httpx.post(bodies_stack.url + "/v1/videos", timeout=30, **{"headers": auth(B), **request_kw,
+                   **({"headers": {**auth(B), **request_kw["headers"]}} if "headers" in request_kw else {})})
+    assert r.status_code == status, (desc, r.status_code, r.text)
+    assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_utf8_forms_still_work(bodies_stack):
+    r = httpx.post(bodies_stack.url + "/v1/videos", headers=auth(B), timeout=30,
+                   data={"prompt": "café ☕", "seed": "7", "num_inference_steps": "2", "expert_schedule": "0,1"},
+                   files={"input_reference": ("a.png", png(), "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt"] == "café ☕" and r.json()["seed"] == 7
+    r = httpx.post(bodies_stack.url + "/v1/videos", timeout=30, content="prompt=caf%C3%A9+%E2%98%95&seed=3".encode(),
+                   headers={**auth(B), "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"})
+    assert r.status_code == 200 and r.json()["prompt"] == "café ☕", r.text
