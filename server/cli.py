@@ -94,7 +94,19 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         _add(p, WORKER_FLAGS)
 
 
-SECRETS = {"api_keys", "api_key_hashes", "redis_url"}  # never echoed in an error
+# What `paris serve` passes on to its workers of the PARIS_* environment: the settings a worker
+# reads, nothing else (no API keys, no webhook secrets: least privilege, issue 19 N9)
+WORKER_SETTINGS = frozenset({"model", "redis_url", "data_dir", "artifact_dir", "artifact_url", "key_prefix",
+                             "heartbeat_ttl_s", *(f.field for f in QUEUE_FLAGS + WORKER_FLAGS),
+                             "max_storage_retries"})
+
+
+def worker_environment(environ: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items()
+            if not k.upper().startswith("PARIS_") or k[len("PARIS_"):].lower() in WORKER_SETTINGS}
+
+
+SECRETS = {"api_keys", "api_key_hashes", "redis_url", "webhook_key_secrets"}  # never echoed in an error
 
 
 def describe_invalid(exc: ValidationError) -> str:
@@ -128,6 +140,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     except Exception as exc:  # say what is wrong before starting anything
         raise SystemExit(f"paris {args.command}: cannot serve model folder {settings.model!r}: {exc}") from None
     return settings
+
+
+def _private_files() -> None:
+    """Files and directories this process makes (artifacts, uploads, data) are its user's only:
+    0600 and 0700 (issue 19, N10); `paris serve`'s workers inherit it."""
+    os.umask(0o077)
 
 
 def _setup_logging(level: str) -> None:
@@ -200,6 +218,7 @@ def _run_api(settings: Settings, url: str, valkey) -> None:
 
 def cmd_api(args) -> int:
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     _check_api_start(settings, "api")
     url, valkey = _redis_url(settings, "api", start=True)
@@ -213,6 +232,7 @@ def cmd_api(args) -> int:
 
 def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     url, _ = _redis_url(settings, "worker", start=False)
     from .worker import WorkerRefused, build_worker
@@ -274,13 +294,14 @@ def cmd_serve(args) -> int:
     """API + workers (supervised subprocesses) + embedded Valkey unless --redis-url. A worker that
     refuses to start (it cannot serve the model within the budget) stops the whole server."""
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     _check_api_start(settings, "serve")
     url, valkey = _redis_url(settings, "serve", start=True)
     stop, refused = threading.Event(), threading.Event()
     procs: dict[int, subprocess.Popen] = {}  # the current process of each worker slot
     repo_root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PARIS_REDIS_URL": url,
+    env = {**worker_environment(dict(os.environ)), "PARIS_REDIS_URL": url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     signal.signal(signal.SIGTERM, _exit_on_signal)  # before a worker can refuse
     for slot, device in enumerate(worker_devices(settings)):

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from .errors import APIError
+from .jobs import Keys
+from .tenants import parse_networks
 from .settings import Settings
 from .webhooks.resolver import CachedResolver, DnsServerResolver, parse_server
 from .webhooks.urls import system_resolver
@@ -40,7 +42,15 @@ class WebhookService:
         resolver = system_resolver
         if settings.webhook_dns_server:
             resolver = DnsServerResolver(parse_server(settings.webhook_dns_server))
-        self.policy = UrlPolicy(allow_private=settings.webhook_allow_private, resolver=CachedResolver(resolver))
+        resolver = CachedResolver(resolver)
+        networks = parse_networks(settings.webhook_allowed_networks)
+        # a job's webhook_url: public addresses and the named networks only; the operator's own
+        # PARIS_WEBHOOK_URLS may also be private when webhook_allow_private says so
+        self.policy = UrlPolicy(allowed_networks=networks, resolver=resolver)
+        self.server_policy = UrlPolicy(allow_private=settings.webhook_allow_private, allowed_networks=networks,
+                                       resolver=resolver)
+        self.key_secrets = {digest.lower().removeprefix("sha256:")[:24]: WebhookSecret(secret)
+                            for digest, _, secret in (e.partition("=") for e in settings.webhook_key_secrets)}
         self._checks = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="webhook-check")
         self._pending: Counter[str] = Counter()  # checks under way per key (touched on the event loop only)
         secret = settings.webhook_secret
@@ -55,7 +65,7 @@ class WebhookService:
         """At startup (blocking DNS): a PARIS_WEBHOOK_URLS entry the policy refuses stops the API."""
         for url in self.server_urls:
             try:
-                self.policy.check(url)
+                self.server_policy.check(url)
             except RefusedURL as exc:
                 raise ValueError(f"PARIS_WEBHOOK_URLS: {url} is refused: {exc.reason} "
                                  "(PARIS_WEBHOOK_ALLOW_PRIVATE=1 allows private and loopback receivers)") from None
@@ -95,8 +105,16 @@ class WebhookService:
         when there is no secret (nothing can be signed, so nothing is sent)."""
         if self.secret is None:
             return None
+        keys = Keys(prefix)
+
+        def secret_for(job_id: str) -> WebhookSecret:  # the job's tenant's own secret, else the server's
+            owner = client.hget(keys.job(job_id), "owner") if self.key_secrets else None
+            return self.key_secrets.get(owner, self.secret)
+
         deliverer = Deliverer(Outbox(client, prefix, self.retry), WebhookSender(self.policy, verify=self.verify),
-                              self.secret)
+                              self.secret, secret_for=secret_for,
+                              server_sender=WebhookSender(self.server_policy, verify=self.verify),
+                              server_urls=frozenset(self.server_urls))
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per attempt is the deliverer's own
         stop = threading.Event()
         threading.Thread(target=deliverer.run, args=(stop,), name="webhook-deliverer", daemon=True).start()
