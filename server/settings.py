@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     image_decode_concurrency: int = Field(2, ge=1)  # uploads decoded at once (in threads, off the event loop)
     max_active_jobs_per_key: int = Field(16, ge=0)  # queued + running jobs per key, or per client address
                                                     # when no keys are configured (429 beyond; 0: no limit)
+    max_queued_jobs: int = Field(1024, ge=0)     # jobs waiting in the queue, all keys together: past it a
+                                                # POST is a 429 with Retry-After (backpressure; 0: no limit)
     poll_after_ms: int = Field(1000, ge=0)
     max_event_streams_per_key: int = Field(8, ge=1)  # open /events streams per key (or client address without
                                                       # keys) in one API process; 429 beyond

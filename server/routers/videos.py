@@ -21,6 +21,7 @@ from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 log = logging.getLogger("paris.api")
+BUSY_RETRY_AFTER_S = 5
 
 
 def _video(job: Job, store: JobStore) -> Video:
@@ -41,12 +42,21 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
     job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
     if image is not None:
         await services.image_slots.run(artifacts.write_input, job.id, image)
-    outcome, found = await run_in_threadpool(
-        store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
-        fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
-        client=None if services.keys.enabled else client_address(request, services.trusted_proxies))
+    try:
+        outcome, found = await run_in_threadpool(
+            store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
+            fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
+            max_queued=settings.max_queued_jobs,
+            client=None if services.keys.enabled else client_address(request, services.trusted_proxies))
+    except BaseException:  # Redis down (503) or the client gone: no job owns the upload (issue 19, N7)
+        if image is not None:
+            await run_in_threadpool(artifacts.remove, job.id)
+        raise
     if outcome != "created" and image is not None:
         await run_in_threadpool(artifacts.remove, job.id)
+    if outcome == "busy":
+        raise APIError(429, f"The server's queue is full ({settings.max_queued_jobs} jobs waiting); try again "
+                            "shortly.", code="queue_full", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
     if outcome == "limit":
         who = "This key" if services.keys.enabled else "This client"
         raise APIError(429, f"{who} already has {settings.max_active_jobs_per_key} queued or running jobs; "
