@@ -17,6 +17,7 @@ from pipeline.manifest import read_manifest
 
 from .artifacts import open_artifacts
 from .auth import KeyRing
+from .browser_guard import BrowserGuard, default_hosts
 from .dependencies import Services
 from .embedded import EmbeddedValkey
 from .events import EventFeed
@@ -91,6 +92,9 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
                                                            settings.max_event_streams),
                                   trusted_proxies=parse_networks(settings.trusted_proxies))
     install_handlers(app)
+    keys = app.state.services.keys
+    app.add_middleware(BrowserGuard, allowed_hosts=None if keys.enabled else
+                       frozenset(h.lower() for h in settings.allowed_hosts) or default_hosts(settings.host))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(unsupported.router)  # before videos: /videos/characters must not match /videos/{id}

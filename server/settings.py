@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     api_key_file: Path | None = None            # more plain keys, one per line ('#' comments and blank lines skipped)
     api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 hex digests of keys
     allow_unauthenticated_public: bool = False  # bind beyond loopback without keys only when this is set
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # without keys: Host names answered
+                                                # (default: host, localhost, 127.0.0.1, ::1; "*": any)
     header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this
     body_timeout_s: float = Field(60.0, gt=0)    # ... and its body within this (408 otherwise)
 
@@ -96,7 +98,7 @@ class Settings(BaseSettings):
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
     @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", "trusted_proxies",
-                     "webhook_allowed_networks", "webhook_key_secrets", mode="before")
+                     "webhook_allowed_networks", "webhook_key_secrets", "allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
