@@ -24,6 +24,7 @@ from .events import EventFeed
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .owned_videos import sweep_expired
+from .routers import docs as docs_router
 from .routers import events, health, models, playground, unsupported, videos
 from .settings import Settings
 from .store import JobStore
@@ -80,11 +81,15 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
             await event_reader.aclose()
 
     # redirect_slashes off: its redirects are absolute URLs built from the client's Host header
-    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    keys = KeyRing(settings.plain_api_keys(), settings.api_key_hashes)
+    # with keys, the schema and its pages follow the API's rule (server/routers/docs.py), not FastAPI's open ones
+    docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if keys.enabled else {}
+    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False, **docs)
     limits = ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
                          max_side=settings.max_image_side, max_aspect_ratio=settings.max_image_aspect_ratio)
     app.state.services = Services(settings=settings, manifest=manifest, store=store, artifacts=artifacts,
-                                  keys=KeyRing(settings.plain_api_keys(), settings.api_key_hashes), registry=registry,
+                                  keys=keys, registry=registry,
+                                  operators=KeyRing([], settings.operator_key_hashes),
                                   started_at=int(time.time()), image_limits=limits,
                                   image_slots=ImageSlots(settings.image_decode_concurrency), valkey=valkey,
                                   webhooks=webhooks, event_reader=event_reader, event_feed=event_feed,
@@ -92,7 +97,6 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
                                                            settings.max_event_streams),
                                   trusted_proxies=parse_networks(settings.trusted_proxies))
     install_handlers(app)
-    keys = app.state.services.keys
     app.add_middleware(BrowserGuard, allowed_hosts=None if keys.enabled else
                        frozenset(h.lower() for h in settings.allowed_hosts) or default_hosts(settings.host))
     app.include_router(health.router)
@@ -101,4 +105,6 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
     app.include_router(videos.router)
     app.include_router(events.router)
     app.include_router(playground.router)
+    if keys.enabled:
+        app.include_router(docs_router.router)
     return app

@@ -106,7 +106,7 @@ def worker_environment(environ: dict[str, str]) -> dict[str, str]:
             if not k.upper().startswith("PARIS_") or k[len("PARIS_"):].lower() in WORKER_SETTINGS}
 
 
-SECRETS = {"api_keys", "api_key_hashes", "redis_url", "webhook_key_secrets"}  # never echoed in an error
+SECRETS = {"api_keys", "api_key_hashes", "redis_url", "webhook_key_secrets", "operator_key_hashes"}  # never echoed in an error
 
 
 def describe_invalid(exc: ValidationError) -> str:

@@ -33,6 +33,7 @@ class Services:
     store: JobStore
     artifacts: ArtifactStore
     keys: KeyRing
+    operators: KeyRing  # keys that may read /metrics (none: the API's keys may)
     registry: CollectorRegistry
     started_at: int  # the models' `created`
     image_limits: ImageLimits

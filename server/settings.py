@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)        # plain keys (hashed at startup, never stored)
     api_key_file: Path | None = None            # more plain keys, one per line ('#' comments and blank lines skipped)
     api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 hex digests of keys
+    operator_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 of operator keys:
+                                                # when set, /metrics needs one of these (tenants' keys get a 403)
     allow_unauthenticated_public: bool = False  # bind beyond loopback without keys only when this is set
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # without keys: Host names answered
                                                 # (default: host, localhost, 127.0.0.1, ::1; "*": any)
@@ -98,7 +100,8 @@ class Settings(BaseSettings):
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
     @field_validator("api_keys", "api_key_hashes", "devices", "webhook_urls", "trusted_proxies",
-                     "webhook_allowed_networks", "webhook_key_secrets", "allowed_hosts", mode="before")
+                     "webhook_allowed_networks", "webhook_key_secrets", "allowed_hosts", "operator_key_hashes",
+                     mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
@@ -118,7 +121,7 @@ class Settings(BaseSettings):
                 raise ValueError("must be an IP address, optionally with :port (e.g. 10.0.0.2:53)") from None
         return v
 
-    @field_validator("api_key_hashes")
+    @field_validator("api_key_hashes", "operator_key_hashes")
     @classmethod
     def _hashes(cls, v):
         for digest in v:

@@ -96,7 +96,7 @@ def video_trace(video_id: str, videos: Videos):
     return {"id": video_id, "object": "video.trace", "routing": job.routing, "steps": job.trace or []}
 
 
-@router.get("/videos/{video_id}/content")
+@router.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"])  # HEAD: size and type, no body
 def video_content(video_id: str, request: Request, videos: Videos, artifacts: ArtifactsDep,
                   variant: Literal["video", "thumbnail", "spritesheet"] = "video"):
     job = videos.get(video_id)
