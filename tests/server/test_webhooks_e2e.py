@@ -143,7 +143,7 @@ def test_private_addresses_are_refused_with_400_unless_allowed(tiny_model_dir, v
     """The real app on the real Valkey, in this process (a third API process would only add its
     start-up time): the same route and settings as `paris api` without PARIS_WEBHOOK_ALLOW_PRIVATE."""
     settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path, key_prefix=f"t{uuid.uuid4().hex[:8]}",
-                        webhook_secret=SECRET)
+                        webhook_secret=SECRET, allowed_hosts=["testserver"])  # TestClient's Host
     client = TestClient(create_app(settings, valkey.connection_url))
     for url, why in [("https://127.0.0.1:8443/hook", "loopback"), ("https://10.1.2.3/hook", "private"),
                      ("https://169.254.169.254/latest/meta-data", "link-local"), ("http://93.184.216.34/", "https"),
