@@ -6,7 +6,9 @@
         video = c.wait(video["id"], on_update=print)
         c.download(video["id"], "out.mp4")
 
-`AsyncParisClient` has the same methods, to be awaited. Each operation is written once (in
+`AsyncParisClient` has the same methods, to be awaited. A 429 (the server's queue is full, or
+this key is at its limit; nothing was done) is sent again after its Retry-After, up to
+`max_retries` times, so `paris submit` waits out backpressure too. Each operation is written once (in
 `_Operations`) as a `Call`, a request not yet sent; the two clients differ only in how they send.
 """
 
@@ -93,6 +95,19 @@ def _check(resp: httpx.Response) -> None:
         except ValueError:
             err = {"message": resp.text}
         raise ParisError(resp.status_code, err)
+
+
+MAX_RETRIES = 5          # 429s (server busy, or this key at its limit) sent again, honouring Retry-After
+MAX_RETRY_DELAY_S = 60.0
+
+
+def _retry_delay(resp: httpx.Response, retries_left: int) -> float | None:
+    """Seconds to wait before sending a request again that the server answered 429 (nothing was
+    done: its queue or this key's limit was full), or None to give up."""
+    if resp.status_code != 429 or retries_left <= 0:
+        return None
+    after = resp.headers.get("retry-after", "")
+    return min(MAX_RETRY_DELAY_S, float(after)) if after.isdigit() else 1.0
 
 
 def _result(resp: httpx.Response) -> dict:
@@ -183,8 +198,10 @@ class _Operations(ABC, Generic[JSON, FILE]):
 
 
 class ParisClient(_Operations[dict, Path]):
-    def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0,
+                 max_retries: int = MAX_RETRIES):
         self.http = httpx.Client(**_http_options(server, api_key, timeout))
+        self.max_retries = max_retries
 
     def __enter__(self):
         return self
@@ -196,10 +213,17 @@ class ParisClient(_Operations[dict, Path]):
         self.http.close()
 
     def _send(self, call: Call) -> dict:
-        return _result(self.http.request(**call.options()))
+        return _result(self._request(call))
+
+    def _request(self, call: Call) -> httpx.Response:
+        retries = self.max_retries
+        while (delay := _retry_delay(resp := self.http.request(**call.options()), retries)) is not None:
+            retries -= 1
+            time.sleep(delay)
+        return resp
 
     def _wait(self, poll: _Poll) -> dict:
-        while (delay := poll.delay(self.http.request(**poll.call.options()))) is not None:
+        while (delay := poll.delay(self._request(poll.call))) is not None:
             time.sleep(delay)
         return poll.video
 
@@ -214,8 +238,10 @@ class ParisClient(_Operations[dict, Path]):
 
 
 class AsyncParisClient(_Operations[Awaitable[dict], Awaitable[Path]]):
-    def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, server: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 60.0,
+                 max_retries: int = MAX_RETRIES):
         self.http = httpx.AsyncClient(**_http_options(server, api_key, timeout))
+        self.max_retries = max_retries
 
     async def __aenter__(self):
         return self
@@ -227,10 +253,17 @@ class AsyncParisClient(_Operations[Awaitable[dict], Awaitable[Path]]):
         await self.http.aclose()
 
     async def _send(self, call: Call) -> dict:
-        return _result(await self.http.request(**call.options()))
+        return _result(await self._request(call))
+
+    async def _request(self, call: Call) -> httpx.Response:
+        retries = self.max_retries
+        while (delay := _retry_delay(resp := await self.http.request(**call.options()), retries)) is not None:
+            retries -= 1
+            await asyncio.sleep(delay)
+        return resp
 
     async def _wait(self, poll: _Poll) -> dict:
-        while (delay := poll.delay(await self.http.request(**poll.call.options()))) is not None:
+        while (delay := poll.delay(await self._request(poll.call))) is not None:
             await asyncio.sleep(delay)
         return poll.video
 

@@ -17,18 +17,24 @@ from pipeline.manifest import read_manifest
 
 from .artifacts import open_artifacts
 from .auth import KeyRing
+from .browser_guard import BrowserGuard, default_hosts
 from .dependencies import Services
 from .embedded import EmbeddedValkey
+from .events import EventFeed
 from .errors import install_handlers
 from .metrics import RedisCollector
 from .owned_videos import sweep_expired
+from .routers import docs as docs_router
 from .routers import events, health, models, playground, unsupported, videos
 from .settings import Settings
 from .store import JobStore
+from .stream_slots import StreamSlots
+from .tenants import parse_networks
 from .uploads import ImageLimits, ImageSlots
 from .webhook_service import WebhookService
 
 log = logging.getLogger("paris.api")
+EVENT_READ_CONNECTIONS = 16  # Redis connections the /events streams of one API process share
 
 
 def create_app(settings: Settings, redis_url: str | None = None, valkey: EmbeddedValkey | None = None) -> FastAPI:
@@ -42,7 +48,13 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
     registry.register(RedisCollector(store, settings.heartbeat_ttl_s))
     webhooks = WebhookService(settings)
     webhooks.check_server_urls()
-    event_reader = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    # /events: short reads on a bounded pool (a stream waits its turn rather than open a
+    # connection per stream), and the one blocking read of the process on a connection of its own
+    event_reader = redis.asyncio.Redis(connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=10, max_connections=EVENT_READ_CONNECTIONS, timeout=10))
+    feed_client = redis.asyncio.Redis.from_url(url, decode_responses=True, health_check_interval=10,
+                                               max_connections=1)
+    event_feed = EventFeed(feed_client, store.notices.events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,22 +76,35 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
             task.cancel()
             if stop_deliverer:
                 stop_deliverer.set()
+            await event_feed.aclose()
+            await feed_client.aclose()
             await event_reader.aclose()
 
     # redirect_slashes off: its redirects are absolute URLs built from the client's Host header
-    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    keys = KeyRing(settings.plain_api_keys(), settings.api_key_hashes)
+    # with keys, the schema and its pages follow the API's rule (server/routers/docs.py), not FastAPI's open ones
+    docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if keys.enabled else {}
+    app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False, **docs)
     limits = ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
                          max_side=settings.max_image_side, max_aspect_ratio=settings.max_image_aspect_ratio)
     app.state.services = Services(settings=settings, manifest=manifest, store=store, artifacts=artifacts,
-                                  keys=KeyRing(settings.plain_api_keys(), settings.api_key_hashes), registry=registry,
+                                  keys=keys, registry=registry,
+                                  operators=KeyRing([], settings.operator_key_hashes),
                                   started_at=int(time.time()), image_limits=limits,
                                   image_slots=ImageSlots(settings.image_decode_concurrency), valkey=valkey,
-                                  webhooks=webhooks, event_reader=event_reader)
+                                  webhooks=webhooks, event_reader=event_reader, event_feed=event_feed,
+                                  stream_slots=StreamSlots(settings.max_event_streams_per_key,
+                                                           settings.max_event_streams),
+                                  trusted_proxies=parse_networks(settings.trusted_proxies))
     install_handlers(app)
+    app.add_middleware(BrowserGuard, allowed_hosts=None if keys.enabled else
+                       frozenset(h.lower() for h in settings.allowed_hosts) or default_hosts(settings.host))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(unsupported.router)  # before videos: /videos/characters must not match /videos/{id}
     app.include_router(videos.router)
     app.include_router(events.router)
     app.include_router(playground.router)
+    if keys.enabled:
+        app.include_router(docs_router.router)
     return app

@@ -11,20 +11,22 @@ import asyncio
 import base64
 import binascii
 import json
-import re
 
-import numpy as np
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from .errors import APIError, validation_error
+from .forms import FormFile, media_type, parse_form
 from .schemas import CreateVideo
 
 FORM_FIELD_LIMIT = 1024 * 1024
-MAX_JSON_DEPTH = 16  # the body needs 2 ({"input_reference": {"image_url": ...}}); deeper is an attack
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# The shape of a JSON body, checked with a few C-speed byte scans before it is decoded (a body of
+# 5 million numbers would otherwise become 5 million objects): what a real request needs, with room.
+MAX_JSON_DEPTH = 16      # the body needs 2 ({"input_reference": {"image_url": ...}})
+MAX_JSON_CONTAINERS = 64  # objects and arrays in all
+MAX_JSON_STRINGS = 256   # keys and string values
+MAX_JSON_VALUES = 1024   # commas outside strings (expert_schedule has at most one per step)
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
@@ -39,51 +41,50 @@ async def read_create_video(request: Request, max_upload_bytes: int,
 
 
 async def _read_fields(request: Request, max_upload_bytes: int, timeout_s: float) -> tuple[dict, bytes | None]:
-    ctype = request.headers.get("content-type", "").lower()
+    kind, params = media_type(request.headers.get("content-type", ""))
     length = request.headers.get("content-length", "")
     limit = max_upload_bytes + FORM_FIELD_LIMIT
     if length.isdigit() and int(length) > limit:
         raise _too_large(int(length), max_upload_bytes)
     request = _limited(request, limit, max_upload_bytes, timeout_s)
-    if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
-        return await _read_form(request, max_upload_bytes)
-    if ctype.startswith("application/json") or not ctype:
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body = await request.body()  # size-capped as it streams in; parsed whole, off the loop
+        return await run_in_threadpool(_form_fields, kind, params, body, max_upload_bytes)
+    if kind == "application/json" or not kind:
         return await _read_json(request)
-    raise APIError(415, f"Unsupported content type '{ctype}'; send multipart/form-data or application/json.",
-                   code="unsupported_media_type")
+    raise APIError(415, f"Unsupported content type '{kind}'; send multipart/form-data or application/json.",
+                   param="Content-Type", code="unsupported_media_type")
 
 
-async def _read_form(request: Request, max_upload_bytes: int) -> tuple[dict, bytes | None]:
-    try:
-        form = await request.form(max_files=2, max_fields=64, max_part_size=FORM_FIELD_LIMIT)
-    except APIError:
-        raise
-    except Exception as exc:
-        raise APIError(400, f"Could not parse the form body: {exc}", code="invalid_body") from None
+def _form_fields(kind: str, params: dict[str, str], body: bytes, max_upload_bytes: int) -> tuple[dict, bytes | None]:
     fields: dict = {}
     image: bytes | None = None
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if key != "input_reference":
-                raise APIError(400, f"Unexpected file field '{key}'.", param=key, code="unknown_parameter")
-            image = await value.read(max_upload_bytes + 1)
-        elif key.startswith("input_reference["):  # {"image_url": ...} sent as form fields
-            if key != "input_reference[image_url]":
-                raise APIError(400, "input_reference by file_id is not supported; upload the image.",
-                               param="input_reference", code="unsupported")
-            image = _decode_data_url(value)
+    for key, value in parse_form(kind, params, body, FORM_FIELD_LIMIT, max_upload_bytes).items():
+        if isinstance(value, FormFile) or key.startswith("input_reference["):
+            if image is not None:
+                raise APIError(400, "Send one input_reference image, not two.", param="input_reference",
+                               code="duplicate_parameter")
+            if isinstance(value, FormFile):
+                if key != "input_reference":
+                    raise APIError(400, f"Unexpected file field '{key}'.", param=key, code="unknown_parameter")
+                image = value.data
+            else:  # {"image_url": ...} sent as form fields
+                if key != "input_reference[image_url]":
+                    raise APIError(400, "input_reference by file_id is not supported; upload the image.",
+                                   param="input_reference", code="unsupported")
+                image = _decode_data_url(value)
         elif value != "" or key == "prompt":
             fields[key] = value
-    await form.close()
     check_text(fields)
     return fields, image
 
 
 async def _read_json(request: Request) -> tuple[dict, bytes | None]:
-    body = await run_in_threadpool(parse_json, await request.body() or b"{}")  # up to ~11 MB: off the loop
-    if not isinstance(body, dict):
-        raise APIError(400, "The JSON body must be an object.", code="invalid_json")
-    check_text(body)
+    return await run_in_threadpool(_json_fields, await request.body() or b"{}")  # up to ~11 MB: off the loop
+
+
+def _json_fields(data: bytes) -> tuple[dict, bytes | None]:
+    body = _decode_json(data)
     ref = body.pop("input_reference", None)
     if isinstance(ref, dict) and ref.get("image_url"):
         return body, _decode_data_url(ref["image_url"])
@@ -93,15 +94,46 @@ async def _read_json(request: Request) -> tuple[dict, bytes | None]:
     return body, None
 
 
-def parse_json(data: bytes):
-    """json.loads, after checking the nesting depth: the decoder recurses once per level."""
-    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # only then can the depth be too much
-        brackets = _JSON_STRING.sub(b"", data).translate(None, delete=_NOT_BRACKETS)
-        steps = np.frombuffer(brackets, dtype=np.uint8)
-        depth = np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1))
-        if depth.size and depth.max() > MAX_JSON_DEPTH:
+def _decode_json(data: bytes) -> dict:
+    """The body as a dict of checked text (in a thread: every step here is proportional to it)."""
+    body = parse_json(data)
+    if not isinstance(body, dict):
+        raise APIError(400, "The JSON body must be an object.", code="invalid_json")
+    check_text(body)
+    return body
+
+
+def check_json_shape(data: bytes) -> None:
+    """400 for a body with more nesting, containers, strings or values than a request has, found
+    with byte scans only: escaped backslashes and quotes removed, what lies outside the quotes is
+    the structure."""
+    plain = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    parts = plain.split(b'"', 2 * MAX_JSON_STRINGS + 1)  # bounded: a body of quotes makes no million parts
+    too_many_strings = len(parts) > 2 * MAX_JSON_STRINGS + 1
+    outside = b"".join((parts[:-1] if too_many_strings else parts)[::2])
+    brackets = outside.translate(None, delete=_NOT_BRACKETS)
+    depth = 0
+    for b in brackets[:2 * MAX_JSON_CONTAINERS + 1]:  # bounded: past them the count below refuses it
+        depth += 1 if b in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
             raise APIError(400, f"The JSON body is nested too deeply (more than {MAX_JSON_DEPTH} levels).",
                            code="invalid_json")
+    if too_many_strings:
+        raise _shape_error(f"more than {MAX_JSON_STRINGS} strings")
+    if outside.count(b",") > MAX_JSON_VALUES:
+        raise _shape_error(f"more than {MAX_JSON_VALUES} values")
+    if len(brackets) > 2 * MAX_JSON_CONTAINERS:
+        raise _shape_error(f"more than {MAX_JSON_CONTAINERS} objects and arrays")
+
+
+def _shape_error(what: str) -> APIError:
+    return APIError(400, f"The JSON body has {what}; a video request needs far fewer.", code="invalid_json")
+
+
+def parse_json(data: bytes):
+    """json.loads, after checking the body's shape (the decoder recurses once per level and
+    makes an object per value)."""
+    check_json_shape(data)
     try:
         return json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: only if the depth check above were wrong

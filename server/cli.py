@@ -100,7 +100,19 @@ def _common(p: argparse.ArgumentParser, http: bool, worker: bool) -> None:
         _add(p, WORKER_FLAGS)
 
 
-SECRETS = {"api_keys", "api_key_hashes", "redis_url"}  # never echoed in an error
+# What `paris serve` passes on to its workers of the PARIS_* environment: the settings a worker
+# reads, nothing else (no API keys, no webhook secrets: least privilege, issue 19 N9)
+WORKER_SETTINGS = frozenset({"model", "redis_url", "data_dir", "artifact_dir", "artifact_url", "key_prefix",
+                             "heartbeat_ttl_s", *(f.field for f in QUEUE_FLAGS + WORKER_FLAGS),
+                             "max_storage_retries"})
+
+
+def worker_environment(environ: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items()
+            if not k.upper().startswith("PARIS_") or k[len("PARIS_"):].lower() in WORKER_SETTINGS}
+
+
+SECRETS = {"api_keys", "api_key_hashes", "redis_url", "webhook_key_secrets", "operator_key_hashes"}  # never echoed in an error
 
 
 def describe_invalid(exc: ValidationError) -> str:
@@ -134,6 +146,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     except Exception as exc:  # say what is wrong before starting anything
         raise SystemExit(f"paris {args.command}: cannot serve model folder {settings.model!r}: {exc}") from None
     return settings
+
+
+def _private_files() -> None:
+    """Files and directories this process makes (artifacts, uploads, data) are its user's only:
+    0600 and 0700 (issue 19, N10); `paris serve`'s workers inherit it."""
+    os.umask(0o077)
 
 
 def _setup_logging(level: str) -> None:
@@ -197,12 +215,16 @@ def _run_api(settings: Settings, url: str, valkey) -> None:
                          "model": app.state.services.manifest.name, "auth": app.state.services.keys.enabled}))
     # Event streams stay open until their job ends: on shutdown, give them a few seconds, then close
     # them (the browser reconnects with Last-Event-ID, to another API process if need be).
+    # proxy_headers off: uvicorn would take any X-Forwarded-For from a loopback peer as the client;
+    # server/tenants.py reads it only from PARIS_TRUSTED_PROXIES
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3)
+                http=with_header_timeout(settings.header_timeout_s), timeout_graceful_shutdown=3,
+                proxy_headers=False)
 
 
 def cmd_api(args) -> int:
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     _check_api_start(settings, "api")
     url, valkey = _redis_url(settings, "api", start=True)
@@ -216,6 +238,7 @@ def cmd_api(args) -> int:
 
 def cmd_worker(args) -> int:
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     from .worker_group import in_group, run_group_worker
 
@@ -294,13 +317,14 @@ def cmd_serve(args) -> int:
     """API + workers (supervised subprocesses) + embedded Valkey unless --redis-url. A worker that
     refuses to start (it cannot serve the model within the budget) stops the whole server."""
     _setup_logging(args.log_level)
+    _private_files()
     settings = settings_from_args(args)
     _check_api_start(settings, "serve")
     url, valkey = _redis_url(settings, "serve", start=True)
     stop, refused = threading.Event(), threading.Event()
     procs: dict[int, subprocess.Popen] = {}  # the current process of each worker slot
     repo_root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PARIS_REDIS_URL": url,
+    env = {**worker_environment(dict(os.environ)), "PARIS_REDIS_URL": url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     signal.signal(signal.SIGTERM, _exit_on_signal)  # before a worker can refuse
     for slot, device in enumerate(worker_devices(settings)):

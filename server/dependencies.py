@@ -16,8 +16,11 @@ from pipeline.manifest import Manifest
 from .artifacts import ArtifactStore
 from .auth import KeyRing
 from .embedded import EmbeddedValkey
+from .events import EventFeed
 from .settings import Settings
 from .store import JobStore
+from .stream_slots import StreamSlots
+from .tenants import IPNetwork
 from .owned_videos import OwnedVideos
 from .uploads import ImageLimits, ImageSlots
 from .webhook_service import WebhookService
@@ -30,13 +33,17 @@ class Services:
     store: JobStore
     artifacts: ArtifactStore
     keys: KeyRing
+    operators: KeyRing  # keys that may read /metrics (none: the API's keys may)
     registry: CollectorRegistry
     started_at: int  # the models' `created`
     image_limits: ImageLimits
     image_slots: ImageSlots
     valkey: EmbeddedValkey | None  # the embedded Valkey this process supervises (its state is our health)
     webhooks: WebhookService
-    event_reader: redis.asyncio.Redis  # blocking reads of job event logs (/events), off the sync client
+    event_reader: redis.asyncio.Redis  # /events: reads of job event logs and records, a small bounded pool
+    event_feed: EventFeed              # /events: the process's one blocking read, waking the streams
+    stream_slots: StreamSlots          # /events: open streams per tenant and in all
+    trusted_proxies: tuple[IPNetwork, ...]  # whose X-Forwarded-For names the client (server/tenants.py)
 
 
 def get_services(request: Request) -> Services:

@@ -16,6 +16,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    416: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
@@ -76,6 +77,15 @@ def install_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"Unknown route {request.method} {request.url.path}."
         return error_response(exc.status_code, message, None, code, getattr(exc, "headers", None))
+
+    from starlette.requests import ClientDisconnect
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect):
+        # the client closed (or half-closed) its side before its body was read: nobody hears a reply,
+        # and it is not the server's error (no traceback)
+        return error_response(400, "The client closed the connection before its request was read.", None,
+                              "client_disconnected")
 
     import redis
 

@@ -36,6 +36,15 @@ class CreateVideo(BaseModel):
     guidance_interval: list[float] | None = None
     webhook_url: str | None = None  # https receiver of this job's video.completed / video.failed
 
+    @field_validator("seconds", "num_frames", "seed", "num_inference_steps", "guidance_scale", "image_guidance_scale",
+                     "fps", "top_k", "expert", "expert_schedule", "guidance_interval", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v):
+        # pydantic's lax mode reads true as 1: `num_frames: true` would make a 1-frame video
+        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+            raise ValueError("must be a number, not true or false")
+        return v
+
     @field_validator("guidance_interval", mode="before")
     @classmethod
     def _interval(cls, v):

@@ -2,6 +2,7 @@
 value is checked when a command starts (server/cli.py turns a failure into one clear line and a
 non-zero exit)."""
 
+import re
 from pathlib import Path
 
 from typing import Annotated
@@ -10,6 +11,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weights import DEFAULT_MODEL
+
+_SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
 
 class Settings(BaseSettings):
@@ -31,7 +34,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)        # plain keys (hashed at startup, never stored)
     api_key_file: Path | None = None            # more plain keys, one per line ('#' comments and blank lines skipped)
     api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 hex digests of keys
+    operator_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # sha256 of operator keys:
+                                                # when set, /metrics needs one of these (tenants' keys get a 403)
     allow_unauthenticated_public: bool = False  # bind beyond loopback without keys only when this is set
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # without keys: Host names answered
+                                                # (default: host, localhost, 127.0.0.1, ::1; "*": any)
     header_timeout_s: float = Field(10.0, gt=0)  # a request's headers must arrive within this
     body_timeout_s: float = Field(60.0, gt=0)    # ... and its body within this (408 otherwise)
 
@@ -43,7 +50,14 @@ class Settings(BaseSettings):
     image_decode_concurrency: int = Field(2, ge=1)  # uploads decoded at once (in threads, off the event loop)
     max_active_jobs_per_key: int = Field(16, ge=0)  # queued + running jobs per key, or per client address
                                                     # when no keys are configured (429 beyond; 0: no limit)
+    max_queued_jobs: int = Field(1024, ge=0)     # jobs waiting in the queue, all keys together: past it a
+                                                # POST is a 429 with Retry-After (backpressure; 0: no limit)
     poll_after_ms: int = Field(1000, ge=0)
+    max_event_streams_per_key: int = Field(8, ge=1)  # open /events streams per key (or client address without
+                                                      # keys) in one API process; 429 beyond
+    max_event_streams: int = Field(1000, ge=1)   # open /events streams in one API process; 503 beyond
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # networks whose
+                                                # X-Forwarded-For names the client (the limit without keys)
 
     # Queue
     job_ttl_s: int = Field(24 * 3600, ge=1)     # finished records and files expire after this
@@ -68,7 +82,14 @@ class Settings(BaseSettings):
     # Webhooks: video.completed / video.failed, signed with the secret (README: "Playground, events and webhooks")
     webhook_secret: SecretStr | None = None     # whsec_<base64 key>; without it no webhook is sent or accepted
     webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # every job's events also go here
-    webhook_allow_private: bool = False         # also private and loopback receivers (link-local stays refused)
+    webhook_allow_private: bool = False         # PARIS_WEBHOOK_URLS (the operator's own) may also be private and
+                                                # loopback receivers (link-local stays refused); not a job's webhook_url
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)  # networks every
+                                                # receiver may be in, a job's webhook_url too (e.g. 10.0.3.7/32)
+    webhook_key_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)  # "<sha256 of a key>=whsec_...":
+                                                # that key's jobs are signed with its own secret (default: webhook_secret)
+    webhook_dns_server: str | None = None       # "10.0.0.2" or "10.0.0.2:5353": resolve receivers' names there
+                                                # (UDP, each query time-limited) instead of the system resolver
     webhook_ca_file: Path | None = None         # trust this CA bundle for receivers (default: the public CAs)
     webhook_retry_base_s: float = Field(5.0, gt=0)  # first retry after about this, then doubling ...
     webhook_retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
@@ -84,12 +105,55 @@ class Settings(BaseSettings):
     workers: int | None = Field(None, ge=1)     # default: one per device in `devices` (one when none are named)
     devices: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker i runs on devices[i % len]
 
-    @field_validator("api_keys", "api_key_hashes", "devices", "group_devices", "webhook_urls", mode="before")
+    @field_validator("api_keys", "api_key_hashes", "devices", "group_devices", "webhook_urls", "trusted_proxies",
+                     "webhook_allowed_networks", "webhook_key_secrets", "allowed_hosts", "operator_key_hashes",
+                     mode="before")
     @classmethod
     def _comma_list(cls, v):
         # PARIS_API_KEYS="k1,k2" (comma separated) or a list from the CLI
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("webhook_dns_server")
+    @classmethod
+    def _dns_server(cls, v):
+        from .webhooks.resolver import parse_server
+
+        if v is not None:
+            try:
+                parse_server(v)
+            except ValueError:
+                raise ValueError("must be an IP address, optionally with :port (e.g. 10.0.0.2:53)") from None
+        return v
+
+    @field_validator("api_key_hashes", "operator_key_hashes")
+    @classmethod
+    def _hashes(cls, v):
+        for digest in v:
+            if not _SHA256.match(digest):
+                raise ValueError("each entry must be a key's sha256 as 64 hex digits (optionally 'sha256:' first); "
+                                 "make one with `printf %s KEY | sha256sum`")
+        return v
+
+    @field_validator("webhook_key_secrets")
+    @classmethod
+    def _key_secrets(cls, v):
+        from .webhooks import WebhookSecret
+
+        for entry in v:
+            digest, sep, secret = entry.partition("=")
+            if not sep or not _SHA256.match(digest):
+                raise ValueError("each entry must be '<sha256 of an API key>=whsec_...'")
+            WebhookSecret(secret)
+        return v
+
+    @field_validator("trusted_proxies", "webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, v):
+        from .tenants import parse_networks
+
+        parse_networks(v)
         return v
 
     @field_validator("device_memory", "host_memory", "reserve")
@@ -112,6 +176,8 @@ class Settings(BaseSettings):
     def _consistent(self):
         if self.artifact_url and self.artifact_dir:
             raise ValueError("give artifact_dir (a directory) or artifact_url (s3://...), not both")
+        if self.webhook_key_secrets and self.webhook_secret is None:
+            raise ValueError("PARIS_WEBHOOK_KEY_SECRETS needs PARIS_WEBHOOK_SECRET too (the default for other keys)")
         if self.webhook_urls and self.webhook_secret is None:
             raise ValueError("PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET (whsec_...) to sign its deliveries")
         if self.api_key_file is not None:

@@ -64,7 +64,8 @@ end
 """
 
 # KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none), limit set
-# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, fingerprint, field, value, ... (the whole job hash)
+# ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, fingerprint, max_queued, field, value, ... (the whole
+#       job hash); max_queued > 0: 'busy' while that many jobs are queued (the global admission limit)
 # The idempotency key holds "<job id> <fingerprint>"; its job's hash is returned whole, read in this
 # same script, so a DELETE racing the POST cannot leave the API holding an id with no job.
 # The limit set is owner_active, or a per-client-address set (no API keys) that the finish scripts
@@ -90,9 +91,12 @@ end
 if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[2]) then
   return {'limit', ''}
 end
+if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
+  return {'busy', ''}
+end
 local id = ARGV[1]
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), id)  -- queue position: enqueue order
 redis.call('ZADD', KEYS[5], ARGV[3], id)
@@ -206,7 +210,7 @@ return status
 """
 
 
-Enqueued = Literal["created", "existing", "conflict", "limit"]
+Enqueued = Literal["created", "existing", "conflict", "limit", "busy"]
 
 CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
 
@@ -324,10 +328,12 @@ class JobStore:
 
     # ---- API side -------------------------------------------------------------------------
     def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None, fingerprint: str = "-",
-                idem_ttl_s: int = 86400, client: str | None = None) -> tuple[Enqueued, Job | None]:
+                idem_ttl_s: int = 86400, client: str | None = None, max_queued: int = 0
+                ) -> tuple[Enqueued, Job | None]:
         """The outcome and the job it concerns: `job` itself when created, the job the
         Idempotency-Key already names (as it was when read) when 'existing', None for 'conflict'
-        (the key names a job made from another request, `fingerprint` differs) and 'limit'.
+        (the key names a job made from another request, `fingerprint` differs), 'limit' (the
+        owner's active jobs) and 'busy' (`max_queued` jobs wait already).
         `client` (an address) counts the limit per client instead of per owner."""
         k = self.keys
         idem = k.idempotency(job.owner, idempotency_key) if idempotency_key else ""
@@ -335,7 +341,7 @@ class JobStore:
         out = self._enqueue(
             keys=[k.job(job.id), k.stream, k.queued, k.seq, k.owner_jobs(job.owner), active, idem,
                   k.client_active(client) if client else active],
-            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix, fingerprint,
+            args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix, fingerprint, max_queued,
                   *(x for field in job.to_hash().items() for x in field)])
         outcome: Enqueued = out[0]
         if outcome == "created":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi.concurrency import run_in_threadpool
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import APIError
 
@@ -65,7 +65,7 @@ def load_image(data: bytes, limits: ImageLimits, param: str = "input_reference")
                            code="unsupported_media_type")
         _check_shape(*img.size, limits, param)
         img.load()
-        return img.convert("RGB")
+        return ImageOps.exif_transpose(img).convert("RGB")  # a phone photo's EXIF orientation, applied
     except APIError:
         raise
     except Image.DecompressionBombError as exc:

@@ -65,6 +65,7 @@ class RunningJob:
     claim: Claim
     started: float
     deadline: float  # past it the job fails with `timeout`, and its lease is no longer renewed
+    renewed_at: float = 0.0  # when the lease was last known good (claim or renewal): it holds lease_ms from then
     step: int = 0
     lease_lost: bool = False
     in_engine: bool = True  # False once it left the engine: the writer pool stores and settles it
@@ -100,6 +101,7 @@ class Worker:
         self.running: dict[str, RunningJob] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.stopped = threading.Event()  # set once shutdown is over: the lease keeper runs until then
         self.weight_moves = WeightMoves(store.metrics)
         self.writers = ThreadPoolExecutor(settings.artifact_writers, thread_name_prefix="writer",
                                           initializer=_lower_priority)
@@ -111,7 +113,8 @@ class Worker:
     # ---- side thread: leases + heartbeat ---------------------------------------------------------
     def _renew_leases(self) -> None:
         period = max(0.05, self.settings.lease_ms / 1000 / 3)
-        while not self.stop.is_set():
+        # also while shutting down: results waiting to be settled keep their leases
+        while not self.stopped.is_set():
             try:
                 now = time.time()
                 # a job past its run time is not renewed: if the loop is stuck in a step that never
@@ -119,13 +122,15 @@ class Worker:
                 with self.lock:
                     jobs = [j for j in self.running.values() if not j.lease_lost and now < j.deadline]
                 for job, renewed in zip(jobs, self.store.renew([j.claim for j in jobs], self.id)):
-                    if not renewed:
+                    if renewed:
+                        job.renewed_at = now
+                    else:
                         job.lease_lost = True
                         _event("lease_lost", job=job.claim.job_id, worker=self.id, fence=job.claim.fence)
                 self.store.heartbeat(self.id, self.storage_ok)
             except Exception as exc:
                 _event("keeper_error", worker=self.id, error=str(exc))
-            self.stop.wait(min(period, self.settings.heartbeat_ttl_s / 3))
+            self.stopped.wait(min(period, self.settings.heartbeat_ttl_s / 3))
 
     # ---- claiming --------------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -157,7 +162,7 @@ class Worker:
 
     def _admit(self, claim: Claim, job: Job) -> None:
         now = time.time()
-        running = RunningJob(claim, now, now + self.settings.max_job_seconds)
+        running = RunningJob(claim, now, now + self.settings.max_job_seconds, renewed_at=now)
         with self.lock:
             self.running[claim.job_id] = running
         try:
@@ -240,9 +245,11 @@ class Worker:
     def _settle(self, job: RunningJob, target: JobStatus, apply: Callable[[], bool]) -> bool | None:
         """Apply one fenced final transition of the job (complete, fail, requeue) and learn
         whether it took: True when the job shows it, False when someone else finished the job
-        first (cancel, delete, a newer attempt), None when the worker stops before Redis answers
-        (the lease then lapses and another worker takes the job). The job stays held (its lease
-        renewed) until then; Redis errors are retried with backoff."""
+        first (cancel, delete, a newer attempt), None when the worker is stopping and its lease
+        ran out before Redis answered (another worker then takes the job). The job stays held
+        (its lease renewed) until then, a stopping worker included: a result already made is
+        settled once Redis is back rather than made again (issue 19, N8). Redis errors are
+        retried with backoff."""
         c = job.claim
         read_first, delay = False, 0.05
         while True:
@@ -259,8 +266,12 @@ class Worker:
             except redis.RedisError as exc:
                 read_first = True
                 _event("settle_retry", job=c.job_id, worker=self.id, to=target, error=repr(exc))
-            if self.stop.wait(delay):
+            if self.stop.is_set() and time.time() - job.renewed_at > self.settings.lease_ms / 1000:
+                _event("settle_abandoned", job=c.job_id, worker=self.id, to=target, reason="lease_expired")
+                with self.lock:
+                    self.running.pop(c.job_id, None)
                 return None
+            time.sleep(delay)
             delay = min(2.0, delay * 2)
 
     def _fail(self, job: RunningJob, code: str, message: str) -> None:
@@ -291,6 +302,8 @@ class Worker:
             self._discard(c)
             _event("fenced_out", job=c.job_id, worker=self.id, fence=c.fence, stage="complete")
             return
+        for older in range(1, c.fence):  # earlier attempts' files (a worker that died storing them) are stale now
+            self.artifacts.remove_attempt(c.job_id, older)
         seconds = time.time() - job.started
         _event("job_completed", job=c.job_id, worker=self.id, fence=c.fence, seconds=round(seconds, 3))
         self.store.metrics.count_routing(result.trace)
@@ -336,6 +349,7 @@ class Worker:
                                                  experts, weights))
                 case Finished(result=result):
                     job.in_engine = False
+                    _event("result_ready", job=event.job_id, worker=self.id, fence=job.claim.fence)
                     self.writers.submit(self._store, job, result)
                 case Failed(message=message, code=code):
                     self._settle_failure(job, code, message)
@@ -416,7 +430,7 @@ class Worker:
     def _shutdown(self) -> None:
         self.stop.set()
         self.reporter.shutdown(wait=True)
-        self.writers.shutdown(wait=True)  # results already made are stored (settles give up if Redis is gone)
+        self.writers.shutdown(wait=True)  # results already made are stored and settled (within their leases)
         with self.lock:
             leftovers = list(self.running.values())
             self.running.clear()
@@ -426,6 +440,7 @@ class Worker:
                 _event("job_released", job=job.claim.job_id, worker=self.id, step=job.step, ok=released)
             except Exception as exc:
                 _event("release_failed", job=job.claim.job_id, worker=self.id, error=repr(exc))
+        self.stopped.set()
         _event("worker_stopped", worker=self.id)
 
 

@@ -9,12 +9,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
+
+from ..errors import APIError
 
 from . import INPUT, VARIANTS, StorageError, attempt_part, download_name, job_part, render
 
 if TYPE_CHECKING:
     from pipeline.results import GenerationResult
+
+
+def check_range(range_header: str, size: int) -> None:
+    """A Range header FileResponse would refuse, refused first as a JSON error naming Range
+    (FileResponse answers those in plain text)."""
+    try:
+        FileResponse._parse_range_header(range_header, size)
+    except MalformedRangeHeader as exc:
+        raise APIError(400, f"Invalid Range header: {exc.content}", param="Range", code="invalid_range") from None
+    except RangeNotSatisfiable:
+        raise APIError(416, f"The Range asks for bytes past the end of the file ({size} bytes).", param="Range",
+                       code="range_not_satisfiable", headers={"Content-Range": f"bytes */{size}"}) from None
 
 
 class LocalArtifacts:
@@ -68,6 +82,8 @@ class LocalArtifacts:
         path = self._attempt_dir(job_id, fence) / filename
         if not path.is_file():
             raise FileNotFoundError(variant)
+        if range_header is not None:
+            check_range(range_header, path.stat().st_size)
         return FileResponse(path, media_type=media_type, filename=download_name(job_id, variant))  # answers Range
 
     def remove_attempt(self, job_id: str, fence: int) -> None:

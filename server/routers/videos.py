@@ -16,10 +16,12 @@ from ..intake import fingerprint, resolve_create
 from ..jobs import Job, JobStatus, new_job_id
 from ..schemas import Video, VideoDeleted, VideoList
 from ..store import JobStore
+from ..tenants import client_address, tenant
 from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 log = logging.getLogger("paris.api")
+BUSY_RETRY_AFTER_S = 5
 
 
 def _video(job: Job, store: JobStore) -> Video:
@@ -36,16 +38,25 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
     if image_bytes is not None:
         image = await services.image_slots.run(load_image, image_bytes, services.image_limits)
     resolved = resolve_create(body, image, services.manifest)
-    webhook_urls = await run_in_threadpool(services.webhooks.urls_for, body.webhook_url)
+    webhook_urls = await services.webhooks.urls_for(body.webhook_url, tenant(request, services, owner))
     job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
     if image is not None:
         await services.image_slots.run(artifacts.write_input, job.id, image)
-    outcome, found = await run_in_threadpool(
-        store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
-        fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
-        client=None if services.keys.enabled else _client_address(request))
+    try:
+        outcome, found = await run_in_threadpool(
+            store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
+            fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
+            max_queued=settings.max_queued_jobs,
+            client=None if services.keys.enabled else client_address(request, services.trusted_proxies))
+    except BaseException:  # Redis down (503) or the client gone: no job owns the upload (issue 19, N7)
+        if image is not None:
+            await run_in_threadpool(artifacts.remove, job.id)
+        raise
     if outcome != "created" and image is not None:
         await run_in_threadpool(artifacts.remove, job.id)
+    if outcome == "busy":
+        raise APIError(429, f"The server's queue is full ({settings.max_queued_jobs} jobs waiting); try again "
+                            "shortly.", code="queue_full", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
     if outcome == "limit":
         who = "This key" if services.keys.enabled else "This client"
         raise APIError(429, f"{who} already has {settings.max_active_jobs_per_key} queued or running jobs; "
@@ -58,10 +69,6 @@ async def create_video(request: Request, owner: Owner, services: ServicesDep,
                          "owner": owner, "frames": resolved.num_frames, "size": resolved.size,
                          "steps": resolved.num_inference_steps}))
     return await run_in_threadpool(_video, found, store)
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 @router.get("/videos", response_model=VideoList)
@@ -89,7 +96,7 @@ def video_trace(video_id: str, videos: Videos):
     return {"id": video_id, "object": "video.trace", "routing": job.routing, "steps": job.trace or []}
 
 
-@router.get("/videos/{video_id}/content")
+@router.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"])  # HEAD: size and type, no body
 def video_content(video_id: str, request: Request, videos: Videos, artifacts: ArtifactsDep,
                   variant: Literal["video", "thumbnail", "spritesheet"] = "video"):
     job = videos.get(video_id)

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -23,11 +24,20 @@ log = logging.getLogger("paris.webhooks")
 
 
 class Deliverer:
-    def __init__(self, outbox: Outbox, sender: WebhookSender, secret: WebhookSecret, *, batch: int = 16):
+    """`secret_for(job_id)` picks the secret of the job's tenant (default: `secret` for all);
+    URLs in `server_urls` (the operator's own) go through `server_sender`, whose policy may
+    open more networks than the one tenants' URLs get."""
+
+    def __init__(self, outbox: Outbox, sender: WebhookSender, secret: WebhookSecret, *, batch: int = 16,
+                 secret_for: Callable[[str], WebhookSecret] | None = None,
+                 server_sender: WebhookSender | None = None, server_urls: frozenset[str] = frozenset()):
         self.outbox = outbox
         self.sender = sender
         self.secret = secret
         self.batch = batch
+        self.secret_for = secret_for
+        self.server_sender = server_sender or sender
+        self.server_urls = server_urls
 
     async def deliver_due(self, now: float | None = None) -> int:
         """One round: claim up to `batch` deliveries due at `now` (default: the clock) and send
@@ -47,11 +57,13 @@ class Deliverer:
         attempt: dict = {"attempt": c.attempts, "at": round(time.time(), 3), "status_code": None, "error": None}
         try:
             # webhook-id is the event id on every attempt; the timestamp is this attempt's
-            headers = self.secret.headers(c.event_id, int(time.time()), c.body)
-            response = await self.sender.post(c.url, c.body, headers)
+            secret = await asyncio.to_thread(self.secret_for, c.job_id) if self.secret_for else self.secret
+            headers = secret.headers(c.event_id, int(time.time()), c.body)
+            sender = self.server_sender if c.url in self.server_urls else self.sender
+            response = await sender.post(c.url, c.body, headers)
             attempt["status_code"] = response.status_code
-            if not response.ok:
-                attempt["error"] = f"HTTP {response.status_code}: {response.head[:200].decode('utf-8', 'replace')}"
+            if not response.ok:  # the status only: a reply's body is the receiver's, not the tenant's to read
+                attempt["error"] = f"HTTP {response.status_code}"
         except (RefusedURL, DeliveryError) as exc:
             attempt["error"] = str(exc)
         attempt["duration_ms"] = round((time.monotonic() - started) * 1000)

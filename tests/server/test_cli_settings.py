@@ -88,3 +88,29 @@ def test_api_keys_from_a_file(make_stack, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert settings_from_args(args).plain_api_keys() == ["k"]
     assert "api_key_on_command_line" in caplog.text
+
+
+@pytest.mark.parametrize("env,field", [
+    ({"PARIS_API_KEY_HASHES": "nothex"}, "api_key_hashes"),
+    ({"PARIS_API_KEY_HASHES": "ab" * 31}, "api_key_hashes"),  # 62 digits: a digest cut short
+    ({"PARIS_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),
+    ({"PARIS_WEBHOOK_ALLOWED_NETWORKS": "intranet"}, "webhook_allowed_networks"),
+    ({"PARIS_WEBHOOK_SECRET": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
+      "PARIS_WEBHOOK_KEY_SECRETS": "ab" * 32 + "=not-a-secret"}, "webhook_key_secrets")])
+def test_key_hashes_and_networks_are_checked_when_the_api_starts(tiny_model_dir, tmp_path, env, field):
+    """Issue 19, N10: `paris api` refuses them at start, in one line, without echoing a secret."""
+    p = subprocess.run([sys.executable, "-m", "client.cli", "api", "--model", str(tiny_model_dir), "--data-dir",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    assert p.returncode != 0 and f"{field} (PARIS_{field.upper()})" in p.stderr, p.stderr[-2000:]
+    assert "not-a-secret" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_serve_passes_its_workers_only_the_settings_they_read():
+    from server.cli import worker_environment
+
+    env = worker_environment({"PARIS_API_KEYS": "k", "PARIS_WEBHOOK_SECRET": "whsec_x", "PARIS_API_KEY_FILE": "/k",
+                              "PARIS_TRUSTED_PROXIES": "10.0.0.0/8", "PARIS_MAX_BATCH": "4", "PARIS_LEASE_MS": "9000",
+                              "PARIS_KEY_PREFIX": "p", "AWS_ACCESS_KEY_ID": "s3", "PATH": "/bin"})
+    assert env == {"PARIS_MAX_BATCH": "4", "PARIS_LEASE_MS": "9000", "PARIS_KEY_PREFIX": "p",
+                   "AWS_ACCESS_KEY_ID": "s3", "PATH": "/bin"}

@@ -171,7 +171,8 @@ def test_nothing_is_appended_after_a_terminal_event(r, log, valkey):
 
 def test_a_record_that_ended_without_its_event_ends_the_stream_and_a_deleted_one_closes_it(r, log, valkey):
     """The log expired or its writer died between the job's end and its event: the stream sends
-    the record's ending (without an id); a job deleted meanwhile closes the stream."""
+    the record's ending (without an id); a job deleted meanwhile ends the stream with
+    `interrupted`."""
     log.publish(r, "video_f", EventType.PROGRESS, progress(1))
     error = {"code": "max_attempts_exceeded", "message": "gave up"}
     views = {"video_f": iter([JobView("in_progress"), JobView("failed", error=error)]),
@@ -195,6 +196,7 @@ def test_a_record_that_ended_without_its_event_ends_the_stream_and_a_deleted_one
     assert [(f["event"], f["data"]) for f in ended] == [("progress", progress(1)), ("failed", error)]
     assert "id" in ended[0] and "id" not in ended[1]
     gone = [f for f in asyncio.run(asyncio.wait_for(frames("video_g"), 20)) if "event" in f]
-    assert [(f["event"], f["data"]) for f in gone] == [("queued", {"position": 1})]
+    assert [(f["event"], f["data"]) for f in gone] == [  # the stream says why it ends (issue 19, N1)
+        ("queued", {"position": 1}), ("interrupted", {"code": "video_deleted", "message": "The video was deleted."})]
     raced = [f for f in asyncio.run(asyncio.wait_for(frames("video_h"), 20)) if "event" in f]
     assert [f["event"] for f in raced] == ["completed"] and "id" in raced[0]  # the logged event, not a made-up one

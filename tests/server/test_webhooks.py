@@ -194,7 +194,7 @@ def test_retries_send_the_same_event_id_and_body_and_stop_after_max_attempts(r, 
     assert set(by_state) == {origin + "failed", origin + "delivered"}
     failed = by_state[origin + "failed"]["attempts"]
     assert [a["status_code"] for a in failed] == [500, 500, 500]
-    assert failed[0]["error"] == "HTTP 500: " + "x" * 200  # only the start of a large answer is kept
+    assert failed[0]["error"] == "HTTP 500"  # the receiver's reply is not stored for the tenant to read (N11)
 
 
 def test_enqueue_is_idempotent_and_obeys_its_guard_inside_a_transaction(r, ca, receiver):

@@ -6,6 +6,7 @@ openai SDK accepts the signatures; a receiver down for 10 s while the API and th
 still gets each event, once per event id; the job record shows the attempts. Without the setting,
 private addresses are refused with a 400 naming webhook_url (the app in process)."""
 
+import asyncio
 import base64
 import time
 import uuid
@@ -41,7 +42,7 @@ def receiver(ca):
 
 @pytest.fixture(scope="module")
 def stack(make_module_stack, ca, receiver):
-    s = make_module_stack(webhook_secret=SECRET, webhook_allow_private="true", webhook_ca_file=str(ca.ca_file),
+    s = make_module_stack(webhook_secret=SECRET, webhook_allowed_networks="127.0.0.1/32", webhook_ca_file=str(ca.ca_file),
                           webhook_urls=[receiver.url("/all", "127.0.0.1")], webhook_retry_base_s="0.5",
                           webhook_retry_max_s="2", webhook_max_attempts="1000", tick_delay_s=0.1)
     s.start_api()
@@ -142,7 +143,7 @@ def test_private_addresses_are_refused_with_400_unless_allowed(tiny_model_dir, v
     """The real app on the real Valkey, in this process (a third API process would only add its
     start-up time): the same route and settings as `paris api` without PARIS_WEBHOOK_ALLOW_PRIVATE."""
     settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path, key_prefix=f"t{uuid.uuid4().hex[:8]}",
-                        webhook_secret=SECRET)
+                        webhook_secret=SECRET, allowed_hosts=["testserver"])  # TestClient's Host
     client = TestClient(create_app(settings, valkey.connection_url))
     for url, why in [("https://127.0.0.1:8443/hook", "loopback"), ("https://10.1.2.3/hook", "private"),
                      ("https://169.254.169.254/latest/meta-data", "link-local"), ("http://93.184.216.34/", "https"),
@@ -156,7 +157,7 @@ def test_private_addresses_are_refused_with_400_unless_allowed(tiny_model_dir, v
 
 def test_without_a_secret_no_webhook_is_accepted_and_server_urls_are_checked_at_startup():
     with pytest.raises(APIError) as exc:
-        WebhookService(Settings()).urls_for("https://93.184.216.34/hook")
+        asyncio.run(WebhookService(Settings()).urls_for("https://93.184.216.34/hook", "public"))
     assert (exc.value.status, exc.value.param, exc.value.code) == (400, "webhook_url", "webhooks_disabled")
     with pytest.raises(ValueError, match="PARIS_WEBHOOK_URLS needs PARIS_WEBHOOK_SECRET"):
         Settings(webhook_urls="https://93.184.216.34/hook")
@@ -164,3 +165,51 @@ def test_without_a_secret_no_webhook_is_accepted_and_server_urls_are_checked_at_
         WebhookService(Settings(webhook_secret=SECRET, webhook_urls="https://10.0.0.7/hook")).check_server_urls()
     allowed = Settings(webhook_secret=SECRET, webhook_urls="https://10.0.0.7/hook", webhook_allow_private=True)
     WebhookService(allowed).check_server_urls()
+
+
+def test_each_key_signs_with_its_own_secret_private_networks_open_only_by_name_and_replies_are_not_kept(
+        make_stack, ca, receiver):
+    """Issue 19, N11, on real processes: a key with its own secret gets events only that secret
+    verifies (a receiver of one tenant cannot be fed another tenant's events); others get the
+    server's. With private receivers allowed for the operator's URLs, a job's webhook_url still
+    reaches only the named network (127.0.0.1/32, not 127.0.0.2 nor 10.x); a receiver's error
+    reply is recorded as its status only."""
+    import hashlib
+
+    own = "whsec_" + base64.b64encode(b"tenant one's own secret, 32 byte").decode()
+    one, two = "pk-hooks-one", "pk-hooks-two"
+    s = make_stack(api_keys=[one, two], webhook_secret=SECRET, webhook_allow_private="true",
+                   webhook_allowed_networks="127.0.0.1/32", webhook_ca_file=str(ca.ca_file),
+                   webhook_key_secrets=f"{hashlib.sha256(one.encode()).hexdigest()}={own}", webhook_retry_base_s="0.5",
+                   webhook_max_attempts="1", tick_delay_s=0.05)
+    s.start_api()
+    s.start_worker("w1")
+    receiver.answers["/refuses"] = (500, {}, b"internal detail of the receiver " * 20, 0)
+
+    def post(key, **fields):
+        r = httpx.post(s.url + "/v1/videos", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                       data={"prompt": "a red circle", "num_inference_steps": "2", **fields})
+        return r
+
+    for blocked in ("https://127.0.0.2:9/x", "https://10.1.2.3/x"):
+        r = post(one, webhook_url=blocked)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "webhook_url", r.text
+    jobs = {key: post(key, webhook_url=receiver.url(f"/{key}", "127.0.0.1")).json()["id"] for key in (one, two)}
+    refused = post(two, webhook_url=receiver.url("/refuses", "127.0.0.1")).json()["id"]
+
+    def hooks(key, job_id):
+        return httpx.get(f"{s.url}/v1/videos/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()["webhooks"]
+
+    wait_until(lambda: all(h and h[0]["state"] == "delivered" for h in (hooks(k, j) for k, j in jobs.items())),
+               60, 0.2, "both delivered")
+    wait_until(lambda: hooks(two, refused) and hooks(two, refused)[0]["state"] == "failed", 60, 0.2, "refused")
+    got = {x.path: x for x in receiver.received if x.path in (f"/{one}", f"/{two}")}
+    sdk = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9")
+    assert sdk.webhooks.unwrap(got[f"/{one}"].body, got[f"/{one}"].headers, secret=own).data.id == jobs[one]
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        sdk.webhooks.unwrap(got[f"/{one}"].body, got[f"/{one}"].headers, secret=SECRET)
+    assert sdk.webhooks.unwrap(got[f"/{two}"].body, got[f"/{two}"].headers, secret=SECRET).data.id == jobs[two]
+    attempt = hooks(two, refused)[0]["attempts"][0]
+    assert attempt["status_code"] == 500 and attempt["error"] == "HTTP 500"
+    assert "internal detail" not in httpx.get(f"{s.url}/v1/videos/{refused}",
+                                              headers={"Authorization": f"Bearer {two}"}).text
