@@ -1,16 +1,16 @@
 """`paris plan`: measure a model folder on the meta device and print the residency plan for a
-device and host budget (a table, or `--json`)."""
+device and host budget (a table, or `--json`). `register` imports nothing heavy: `paris --help`
+must not load torch; the run functions import what they need."""
+
+from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..errors import ModelFolderError
-from .footprint import measure_footprint
-from .plan import Placement, Plan, Target, gib, make_plan
-from .serving import budget_target
+if TYPE_CHECKING:
+    from .plan import Plan, Target
 
 
 def register(sub) -> None:
@@ -27,6 +27,10 @@ def register(sub) -> None:
 
 
 def target_from_args(args) -> Target:
+    import torch
+
+    from .serving import budget_target
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = budget_target(device, args.device_memory, args.host_memory, args.reserve, args.max_batch)
     if target is None:
@@ -35,6 +39,10 @@ def target_from_args(args) -> Target:
 
 
 def run_plan(args) -> int:
+    from ..errors import ModelFolderError
+    from .footprint import measure_footprint
+    from .plan import make_plan
+
     try:
         target = target_from_args(args)
         footprint = measure_footprint(args.model, args.size, args.frames, args.max_batch)
@@ -47,6 +55,8 @@ def run_plan(args) -> int:
 
 
 def where(plan: Plan, name: str) -> str:
+    from .plan import Placement
+
     placement = plan.placement[name]
     if placement is Placement.STREAMED:
         return f"streamed block by block from pinned host memory ({plan.target.window_blocks}-block window)"
@@ -56,6 +66,8 @@ def where(plan: Plan, name: str) -> str:
 
 
 def table(plan: Plan) -> str:
+    from .plan import gib
+
     f, t = plan.footprint, plan.target
     rows = [f"{f.model}: {f.shape.label}, up to {t.max_batch} requests at once",
             f"budget: device {gib(t.device_memory)} (reserve {gib(t.held_back)}), host {gib(t.host_memory)}", "",
