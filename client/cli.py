@@ -1,4 +1,7 @@
-"""The `paris` command. Each area registers its own subcommands from its own module."""
+"""The `paris` command. Each area registers its own subcommands from its own module. Registering
+imports nothing heavy (no torch, diffusers or transformers: tests/test_light_cli.py): commands
+that run a model import it in their run functions, so `paris --help`, `paris submit` and the job
+commands start in a fraction of a second."""
 
 import argparse
 import importlib
@@ -13,6 +16,7 @@ COMMAND_MODULES = [
     "pipeline.planner.cli",
     "server.cli",
     "client.submit",
+    "client.jobs",
     "weights.recipe.cli",
 ]
 
