@@ -4,7 +4,9 @@ against a real API, worker and Valkey: results on stdout (readable, or the serve
 (client/exits.py), and no torch imported on the way."""
 
 import json
+import re
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -18,20 +20,30 @@ KEY = "jobs-cli-key"
 
 
 @pytest.fixture(scope="module")
-def server(make_module_stack) -> str:
+def stack(make_module_stack):
     s = make_module_stack(api_keys=[KEY])
     s.start_api()
     s.start_worker("w1")
-    return s.url
+    return s
 
 
 @pytest.fixture(scope="module")
-def slow_server(make_module_stack) -> str:
+def server(stack) -> str:
+    return stack.url
+
+
+@pytest.fixture(scope="module")
+def slow_stack(make_module_stack):
     """A worker that sleeps after each step: its jobs stay running long enough to cancel."""
     s = make_module_stack(api_keys=[KEY])
     s.start_api()
     s.start_worker("slow", tick_delay_s=0.2)
-    return s.url
+    return s
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_stack) -> str:
+    return slow_stack.url
 
 
 def cli(url, *argv, key=KEY, **kw):
@@ -144,3 +156,23 @@ def test_errors_name_the_problem(server, tmp_path):
 
     flags = paris("submit", "x", "--schedule", "0,a")
     assert flags.returncode == exits.USAGE and "--schedule" in one_line_error(flags)
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) paris\.[a-z_.]+ \{.*\}$")
+
+
+def test_server_logs_hold_structured_lines_only(stack, slow_stack, slow_server):
+    """No library notice (transformers' torchvision warning), no traceback, and a client that
+    drops an event stream mid-job leaves at most one structured line (issue 17: 13 lines of
+    `socket.send() raised exception`)."""
+    video_id = cli(slow_server, "submit", "a green circle shrinking", "--steps", "30", "--no-wait").stdout.strip()
+    with httpx.stream("GET", f"{slow_server}/v1/videos/{video_id}/events", timeout=30,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: progress"):
+                break  # drop the connection while the job runs
+    assert cli(slow_server, "events", video_id).returncode == 0  # the job went on, and ended well
+    for s in (stack, slow_stack):
+        for proc in [s.api, *s.workers]:
+            odd = [line for line in proc.log.read_text().splitlines() if not LOG_LINE.match(line)]
+            assert odd == [], f"{proc.log.name}: {odd[:5]}"

@@ -7,6 +7,7 @@ progress bars on stderr, one JSON line per logged loss in <out>/build.log.
 """
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -19,7 +20,7 @@ import torch
 from pipeline.manifest import expert_key
 
 from .common import Timer, log_event, setup_logging
-from .data import CLUSTERS, FPS, FRAMES, SIZE
+from .data import CLUSTERS, COLOURS, FPS, FRAMES, MOTIONS, SHAPES, SIZE
 from .encoders import CLIP_DIM, DINO_DIM, TEXT_DIM, Encoders
 from .experts import expert_config, train_expert
 from .folder import ROUTER, components, save_module, save_vae, write_manifest
@@ -32,6 +33,9 @@ from .vae import build_vae, pretrain_on_frames, refine_decoder, train_vae
 SAMPLING = dict(num_inference_steps=20, guidance_scale=2.5, image_guidance_scale=2.0, guidance_oscillation=False,
                 fps=FPS, num_frames=FRAMES, size=f"{SIZE}x{SIZE}", top_k=1, negative_prompt="",
                 prompt_template="{prompt}")
+# Prompts in the model's vocabulary, one per motion (colours and shapes taken in turn): the
+# manifest's `examples`, which the playground offers.
+EXAMPLES = [f"a {c} {s} {m}" for c, s, m in zip(itertools.cycle(COLOURS), itertools.cycle(SHAPES), MOTIONS)]
 
 
 def manifest_dict(max_length: int) -> dict:
@@ -40,6 +44,7 @@ def manifest_dict(max_length: int) -> dict:
         "format": "paris-ddm/1",
         "description": "A tiny Decentralized Diffusion Model trained from scratch on synthetic clips "
                        "(one coloured shape on black; 3 experts: translation, scale, fade). See weights/recipe.",
+        "examples": EXAMPLES,
         "components": components(max_length, list(CLUSTERS)),
         "sampling": SAMPLING,
         "limits": {"sizes": [f"{SIZE}x{SIZE}"], "max_frames": FRAMES, "temporal_compression": 4,
