@@ -114,6 +114,8 @@ def describe_event(event) -> str:
         return f"progress {d.get('progress')}% (step {d.get('step')}/{d.get('total')}, experts {d.get('experts')})"
     if event.event == "failed":
         return f"failed: {d.get('code')}: {d.get('message')}"
+    if event.event == "completed":
+        return "completed"
     return f"{event.event} {json.dumps(d)}" if d else event.event
 
 
