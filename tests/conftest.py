@@ -2,13 +2,14 @@ import pytest
 
 from tests.support.tiny_model import build_tiny_model
 
-# Modules of independent, CPU-heavy tests: under pytest-xdist (`make test`) their tests are dealt
-# out one by one (those sharing a module-scoped fixture stay together). Every other module runs
-# whole on one worker, in file order: its served stacks and browser start once, the tests that
-# build on the one before (test_playground) keep their order, and the tests that kill or pause
-# processes never share a worker with each other's timing.
-SPREAD = {"tests/test_benchmarks.py", "tests/test_recipe.py", "tests/test_real_size_benchmark.py",
-          "tests/pipeline/test_engine.py", "tests/pipeline/test_memory_limits.py", "tests/test_paris_mini.py"}
+# Modules of independent, CPU-heavy, in-process tests: under pytest-xdist (`make test`) their tests
+# are dealt out one by one (those sharing a module-scoped fixture stay together). Every other
+# module runs whole on one worker, in file order: its served stacks and browser start once, the
+# tests that build on the one before (test_playground) keep their order, the tests that kill or
+# pause processes never share a worker with each other's timing, and the benchmark scripts
+# (subprocesses with a 300 s timeout, several threads each) run one at a time per module.
+SPREAD = {"tests/test_recipe.py", "tests/pipeline/test_engine.py", "tests/pipeline/test_memory_limits.py",
+          "tests/test_paris_mini.py"}
 # The longest modules start first, so that none is left running alone at the end.
 FIRST = ["tests/test_recipe.py", "tests/test_benchmarks.py", "tests/test_real_size_benchmark.py",
          "tests/server/test_embedded_valkey.py", "tests/server/test_worker_faults.py",
