@@ -217,7 +217,8 @@ def test_cancel_and_delete_buttons(page, stack):
     expect = sync_api.expect
     page.emulate_media(color_scheme="dark")
     save_key(page)
-    expect(page.locator("#job-list .job .player:not([hidden])")).to_have_count(2)  # the first test's jobs
+    # the first test's jobs; their media load through blob: URLs, slowly on a loaded machine
+    expect(page.locator("#job-list .job .player:not([hidden])")).to_have_count(2, timeout=30_000)
     for i in range(2):
         wait_playable(page, card(page, i))
     screenshot(page, "dark")
