@@ -15,13 +15,14 @@ this key is at its limit; nothing was done) is sent again after its Retry-After,
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
 import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable, Generic, TypeVar
+from typing import IO, Any, Awaitable, Callable, Generic, Iterator, TypeVar
 
 import httpx
 
@@ -36,6 +37,32 @@ class ParisError(RuntimeError):
         self.param = error.get("param")
         where = f" ({self.param})" if self.param else ""
         super().__init__(f"{status} {error.get('code')}{where}: {error.get('message')}")
+
+
+@dataclass(frozen=True)
+class SSEvent:
+    """One Server-Sent Event: its id (for Last-Event-ID), type and JSON data."""
+
+    id: str | None
+    event: str
+    data: dict
+
+    @classmethod
+    def parse(cls, frame: str) -> "SSEvent | None":
+        """A frame's event; None for frames without data (retry hints, keep-alive comments)."""
+        fields: dict[str, list[str]] = {}
+        for line in frame.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value.removeprefix(" "))
+        if "data" not in fields:
+            return None
+        return cls((fields.get("id") or [None])[-1], (fields.get("event") or ["message"])[-1],
+                   json.loads("\n".join(fields["data"])))
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "event": self.event, "data": self.data}
 
 
 def finished(video: dict) -> bool:
@@ -235,6 +262,24 @@ class ParisClient(_Operations[dict, Path]):
                 for chunk in resp.iter_bytes():
                     f.write(chunk)
         return out
+
+    def events(self, video_id: str, last_event_id: str | None = None) -> Iterator[SSEvent]:
+        """The job's Server-Sent Events, from after `last_event_id` (from its first event when
+        None) to its last (completed or failed), when the server ends the stream."""
+        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        with self.http.stream("GET", f"/v1/videos/{video_id}/events", headers=headers,
+                              timeout=httpx.Timeout(self.http.timeout.connect, read=None)) as resp:
+            if resp.is_error:
+                resp.read()
+                _check(resp)
+            buffer = ""
+            for text in resp.iter_text():
+                buffer += text
+                while "\n\n" in buffer:
+                    frame, buffer = buffer.split("\n\n", 1)
+                    event = SSEvent.parse(frame)
+                    if event is not None:
+                        yield event
 
 
 class AsyncParisClient(_Operations[Awaitable[dict], Awaitable[Path]]):

@@ -1,7 +1,11 @@
-"""The `paris` command. Each area registers its own subcommands from its own module."""
+"""The `paris` command. Each area registers its own subcommands from its own module. Registering
+imports nothing heavy (no torch, diffusers or transformers: tests/test_light_cli.py): commands
+that run a model import it in their run functions, so `paris --help`, `paris submit` and the job
+commands start in a fraction of a second."""
 
 import argparse
 import importlib
+import os
 import sys
 
 import pipeline.cli
@@ -13,6 +17,7 @@ COMMAND_MODULES = [
     "pipeline.planner.cli",
     "server.cli",
     "client.submit",
+    "client.jobs",
     "weights.recipe.cli",
 ]
 
@@ -27,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The libraries' notices (e.g. transformers' "BitImageProcessor requires torchvision" when it
+    # falls back to its PIL processor) are not for our users: errors only, in this process and the
+    # workers it starts, set before anything imports them. The environment can still override.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     return args.run(args) or 0
 

@@ -1,74 +1,97 @@
-"""`paris submit "PROMPT" [--image FIRST.png] [--server URL] --out OUT.mp4`: create a job, show its
-queue position and denoising progress while it waits, download the MP4."""
+"""`paris submit "PROMPT" [--image FIRST.png] [--server URL] [--out OUT.mp4]`: create a job, show
+its queue position and denoising progress while it waits (stderr), download the MP4 and say what
+was made (stdout). The request flags are `paris generate`'s (pipeline.cli.add_request_arguments)."""
 
 from __future__ import annotations
 
 import sys
 
-from tqdm import tqdm
+from pipeline.cli import add_request_arguments
 
-from .api import DEFAULT_SERVER, ParisClient, ParisError
+from .api import ParisClient
+from .exits import JOB_FAILED, OK, USAGE, run_reporting
+from .jobs import add_server_arguments, print_json, shares, summary
+
+
+def form_params(args) -> dict:
+    """The API's form fields for the request flags (None: the server's default)."""
+    return {"size": args.size, "num_frames": args.frames, "seconds": args.seconds, "seed": args.seed,
+            "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+            "image_guidance_scale": args.image_guidance, "guidance_oscillation": args.oscillate, "fps": args.fps,
+            "top_k": args.top_k, "negative_prompt": args.negative_prompt, "routing": args.routing,
+            "expert": args.expert, "expert_schedule": args.schedule, "model": args.model, "speed": args.speed,
+            "guidance_interval": args.guidance_interval}
+
+
+class Progress:
+    """The job's state on stderr: a tqdm bar on a terminal, a line per change otherwise (logs)."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, unit="%", desc="queued", file=sys.stderr, dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
+        self.last = ""
+
+    def update(self, video: dict) -> None:
+        if video["status"] == "queued":
+            text = f"queued (position {video.get('queue_position')})"
+        else:
+            text = f"{video['status']} step {video.get('step') or 0}/{video.get('num_inference_steps') or 0}"
+        self.bar.set_description(text)
+        self.bar.n = int(video.get("progress") or 0)
+        self.bar.refresh()
+        if self.bar.disable and text != self.last:
+            print(f"{video['id']}: {text}", file=sys.stderr)
+        self.last = text
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_submit(args) -> int:
-    params = {"size": args.size, "num_frames": args.num_frames, "seconds": args.seconds, "seed": args.seed,
-              "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "fps": args.fps,
-              "top_k": args.top_k, "negative_prompt": args.negative_prompt,
-              "expert_schedule": args.expert_schedule, "model": args.model, "speed": args.speed,
-              "guidance_interval": args.guidance_interval}
-    with ParisClient(args.server, api_key=args.api_key) as client:
-        try:
-            video = client.create(args.prompt, image=args.image, **params)
-        except ParisError as exc:
-            print(f"paris submit: {exc}", file=sys.stderr)
-            return 2
-        print(f"{video['id']}: {video['status']} (seed {video.get('seed')}, {video.get('num_frames')} frames, "
-              f"{video.get('size')})", file=sys.stderr)
-        bar = tqdm(total=100, unit="%", desc="queued", file=sys.stderr, dynamic_ncols=True)
+    try:  # as the API's comma-separated lists
+        args.schedule = [int(x) for x in args.schedule.split(",")] if args.schedule else None
+        args.guidance_interval = [float(x) for x in args.guidance_interval.split(",")] if args.guidance_interval \
+            else None
+    except ValueError as exc:
+        print(f"paris submit: --schedule/--guidance-interval: {exc}", file=sys.stderr)
+        return USAGE
 
-        def update(v: dict) -> None:
-            if v["status"] == "queued":
-                bar.set_description(f"queued (position {v.get('queue_position')})")
-            else:
-                step, total = v.get("step") or 0, v.get("num_inference_steps") or 0
-                bar.set_description(f"{v['status']} step {step}/{total}")
-            bar.n = int(v.get("progress") or 0)
-            bar.refresh()
-
-        video = client.wait(video["id"], on_update=update)
-        bar.close()
-        if video["status"] != "completed":
-            err = video.get("error") or {}
-            print(f"paris submit: {video['id']} failed: {err.get('code')}: {err.get('message')}", file=sys.stderr)
-            return 1
-        path = client.download(video["id"], args.out)
-        share = (video.get("routing") or {}).get("step_share")
-        print(f"wrote {path} (seed {video.get('seed')}, share of steps per expert {share})", file=sys.stderr)
+    def run() -> int:
+        with ParisClient(args.server, api_key=args.api_key) as client:
+            video = client.create(args.prompt, image=args.image, **form_params(args))
+            if args.no_wait:
+                print_json(video) if args.json else print(video["id"])
+                return OK
+            print(f"{video['id']}: {video['status']} (seed {video.get('seed')}, {video.get('num_frames')} frames, "
+                  f"{video.get('size')})", file=sys.stderr)
+            progress = Progress()
+            try:
+                video = client.wait(video["id"], on_update=progress.update)
+            finally:
+                progress.close()
+            if video["status"] != "completed":
+                print_json(video) if args.json else print(summary(video))
+                return JOB_FAILED
+            path = client.download(video["id"], args.out)
+        if args.json:
+            print_json({**video, "path": str(path)})
+            return OK
+        print(f"wrote {path} ({video.get('num_frames')} frames, {video.get('size')}, {video.get('fps')} fps, "
+              f"seed {video.get('seed')})")
+        print(f"routing: {shares(video)}")
         if video.get("compute"):
-            print("expert work: " + ", ".join(f"{k} {v}" for k, v in video["compute"].items()), file=sys.stderr)
-    return 0
+            print("expert work: " + ", ".join(f"{k} {v}" for k, v in video["compute"].items()))
+        return OK
+    return run_reporting("submit", args.server, run)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("submit", help="submit a prompt to a server and download the MP4")
-    p.add_argument("prompt")
-    p.add_argument("--image", help="first frame (PNG/JPEG/WebP): image-to-video")
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER}; env PARIS_SERVER)")
-    p.add_argument("--api-key", help="API key (env PARIS_API_KEY)")
-    p.add_argument("--out", required=True, help="output MP4 path")
-    p.add_argument("--size")
-    p.add_argument("--num-frames", type=int)
-    p.add_argument("--seconds")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--fps", type=int)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--negative-prompt")
-    p.add_argument("--expert-schedule", type=lambda s: [int(x) for x in s.split(",")],
-                   help="comma-separated expert index per step (bypasses the router)")
-    p.add_argument("--model")
-    p.add_argument("--speed", help="speed preset: quality, balanced or fast (default: the model's)")
-    p.add_argument("--guidance-interval", type=lambda s: [float(x) for x in s.split(",")],
-                   help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
+    p = subparsers.add_parser("submit", help="submit a prompt to a server, wait, and download the MP4")
+    add_request_arguments(p)
+    p.add_argument("--model", help="the served model's name (default: the server's)")
+    p.add_argument("--seconds", help="length in seconds, instead of --frames")
+    p.add_argument("--no-wait", action="store_true", help="print the job id (or its JSON) and return at once")
+    add_server_arguments(p, json_help="print the finished job's JSON (with the MP4's path)")
     p.set_defaults(run=cmd_submit)

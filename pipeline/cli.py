@@ -15,26 +15,8 @@ def register(sub, default_model: Path) -> None:
     """`default_model` comes from the `paris` command, which knows where the weights live (the
     pipeline does not import them)."""
     gen = sub.add_parser("generate", help="generate one video locally (no server)")
-    gen.add_argument("prompt")
-    gen.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    add_request_arguments(gen)
     gen.add_argument("--model", type=Path, default=default_model)
-    gen.add_argument("--out", type=Path, default=Path("out.mp4"))
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--guidance", type=float)
-    gen.add_argument("--image-guidance", type=float)
-    gen.add_argument("--oscillate", action="store_true", default=None, help="guidance oscillation")
-    gen.add_argument("--frames", type=int)
-    gen.add_argument("--size", help="WIDTHxHEIGHT")
-    gen.add_argument("--fps", type=int)
-    gen.add_argument("--negative-prompt")
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--routing", choices=[m.value for m in RoutingMode],
-                     help="default: top_k (fixed for a model without a router)")
-    gen.add_argument("--expert", type=int, help="with --routing fixed")
-    gen.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
-    gen.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
-    gen.add_argument("--guidance-interval", help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--device-memory", help="device budget, e.g. 79GiB (default on CUDA: the free memory now; "
                      "on a CPU: no limit)")
@@ -49,15 +31,33 @@ def register(sub, default_model: Path) -> None:
     verify.set_defaults(run=run_verify)
 
 
+def add_request_arguments(p) -> None:
+    """The flags of one generation request, shared by `paris generate` and `paris submit` so that
+    the two spell them alike."""
+    p.add_argument("prompt")
+    p.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    p.add_argument("--out", type=Path, default=Path("out.mp4"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--image-guidance", type=float)
+    p.add_argument("--oscillate", action="store_true", default=None, help="guidance oscillation")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--size", help="WIDTHxHEIGHT")
+    p.add_argument("--fps", type=int)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--routing", choices=[m.value for m in RoutingMode],
+                   help="default: top_k (fixed for a model without a router)")
+    p.add_argument("--expert", type=int, help="with --routing fixed")
+    p.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
+    p.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
+    p.add_argument("--guidance-interval", help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
+
+
 def run_generate(args) -> int:
-    from .cuda_env import configure_process
-    from .generate import GenerationFailed, generate
-    from .loader import load_model, quiet_library_logging
-    from .planner.plan import PlanRefused
-    from .planner.serving import residency_settings
-    from .request import GenerationRequest
-    from .vae_platform import UnsupportedPlatform, check_vae_platform
-    from .video import write_mp4, write_spritesheet, write_thumbnail
+    from .manifest import read_manifest
+    from .request import GenerationRequest, resolve
 
     try:
         image = Image.open(args.image) if args.image else None
@@ -71,6 +71,23 @@ def run_generate(args) -> int:
         fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
         guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
         expert_schedule=schedule, speed=args.speed, guidance_interval=interval)
+    try:  # a bad request is told before the model loads (seconds) or a progress bar is drawn
+        resolve(read_manifest(args.model), request)
+    except InvalidRequest as exc:
+        print(f"error: {exc.param}: {exc.message}", file=sys.stderr)
+        return 2
+    except ModelFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from .cuda_env import configure_process
+    from .generate import GenerationFailed, generate
+    from .loader import load_model, quiet_library_logging
+    from .planner.plan import PlanRefused
+    from .planner.serving import residency_settings
+    from .vae_platform import UnsupportedPlatform, check_vae_platform
+    from .video import write_mp4, write_spritesheet, write_thumbnail
+
     try:
         configure_process(args.device)  # before any CUDA call: the allocator's settings, and only this device
     except (RuntimeError, ValueError) as exc:

@@ -137,6 +137,7 @@ class Manifest(BaseModel):
     name: str
     format: Literal["paris-ddm/1"] = "paris-ddm/1"
     description: str = ""
+    examples: list[str] = []  # prompts that show what the model does (the playground offers them)
     components: Components
     sampling: SamplingDefaults = SamplingDefaults()
     limits: Limits

@@ -11,6 +11,10 @@ from PIL import Image
 
 # H.264 constant rate factor: 5 is what imageio-ffmpeg's quality 9 (our earlier writer) meant.
 CRF = 5
+# One encoder thread: libx264 sizes its thread pool from the CPUs it may use, and the pool shapes
+# the bitstream, so the same frames made different files on different machines (or CPU affinities).
+# One thread makes the bytes a function of the frames alone (tests/pipeline/test_video.py).
+ENCODER_OPTIONS = {"crf": str(CRF), "threads": "1"}
 
 
 def write_mp4(frames: np.ndarray, fps: int, path: str | Path) -> Path:
@@ -23,7 +27,7 @@ def write_mp4(frames: np.ndarray, fps: int, path: str | Path) -> Path:
         with av.open(str(path), "w") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(CRF)}
+            stream.options = dict(ENCODER_OPTIONS)
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())

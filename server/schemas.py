@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.manifest import Manifest
 from pipeline.request import RoutingMode
 from pipeline.speed import Speed
 
@@ -157,6 +158,20 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "paris"
+    # extensions, from the model's manifest (the playground shows them)
+    description: str = ""
+    experts: list[str] = Field(default_factory=list, description="expert names by index: the keys of a video's "
+                                                                 "routing shares")
+    examples: list[str] = Field(default_factory=list, description="prompts that show what the model does")
+    speed_presets: list[str] = Field(default_factory=list, description="values the `speed` field accepts")
+    default_speed: str | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, created: int) -> "Model":
+        return cls(id=manifest.name, created=created, description=manifest.description,
+                   experts=[e.name or f"expert {i}" for i, e in enumerate(manifest.components.experts)],
+                   examples=manifest.examples, speed_presets=[s.value for s in Speed],
+                   default_speed=manifest.sampling.speed.value)
 
 
 class ModelList(BaseModel):

@@ -1,19 +1,17 @@
 """`paris plan`: measure a model folder on the meta device and print the residency plan for a
-device and host budget (a table, or `--json`)."""
+device and host budget (a table, or `--json`); with `--devices`, the placement of the experts over
+a worker group. `register` imports nothing heavy: `paris --help` must not load torch; the run
+functions import what they need."""
+
+from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..errors import ModelFolderError
-from .footprint import measure_footprint
-from ..speed import PRESETS, Speed
-from .placement import place
-from .placement import table as placement_table
-from .plan import Placement, Plan, Target, gib, make_plan
-from .serving import budget_target
+if TYPE_CHECKING:
+    from .plan import Plan, Target
 
 
 def register(sub) -> None:
@@ -35,6 +33,10 @@ def register(sub) -> None:
 
 
 def target_from_args(args) -> Target:
+    import torch
+
+    from .serving import budget_target
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = budget_target(device, args.device_memory, args.host_memory, args.reserve, args.max_batch)
     if target is None:
@@ -56,6 +58,11 @@ def group_targets(args) -> list[Target]:
 
 
 def run_placement(args) -> int:
+    from ..errors import ModelFolderError
+    from .footprint import measure_footprint
+    from .placement import place
+    from .placement import table as placement_table
+
     try:
         if args.devices < 1:
             raise ValueError("--devices: at least 1")
@@ -70,6 +77,10 @@ def run_placement(args) -> int:
 
 
 def run_plan(args) -> int:
+    from ..errors import ModelFolderError
+    from .footprint import measure_footprint
+    from .plan import make_plan
+
     if args.devices is not None:
         return run_placement(args)
     try:
@@ -84,6 +95,8 @@ def run_plan(args) -> int:
 
 
 def where(plan: Plan, name: str) -> str:
+    from .plan import Placement
+
     placement = plan.placement[name]
     if placement is Placement.STREAMED:
         return f"streamed block by block from pinned host memory ({plan.target.window_blocks}-block window)"
@@ -95,6 +108,9 @@ def where(plan: Plan, name: str) -> str:
 def full_batches(plan: Plan) -> list[str]:
     """Per preset and kind of request, a full batch's device use at each phase's peak (with its
     allocator headroom) and the headroom the budget leaves the phase: every phase within budget."""
+    from ..speed import PRESETS, Speed
+    from .plan import gib
+
     f, t = plan.footprint, plan.target
     phases = list(plan.phases)
     rows = [f"full batches ({t.max_batch} requests, one expert a step): device in use at each phase's peak"
@@ -110,6 +126,8 @@ def full_batches(plan: Plan) -> list[str]:
 
 
 def table(plan: Plan) -> str:
+    from .plan import gib
+
     f, t = plan.footprint, plan.target
     rows = [f"{f.model}: {f.shape.label}, up to {t.max_batch} requests at once",
             f"budget: device {gib(t.device_memory)} (reserve {gib(t.held_back)}), host {gib(t.host_memory)}", "",

@@ -11,11 +11,11 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 @router.get("/models", response_model=ModelList)
 def list_models(services: ServicesDep):
-    return ModelList(data=[Model(id=services.manifest.name, created=services.started_at)])
+    return ModelList(data=[Model.from_manifest(services.manifest, services.started_at)])
 
 
 @router.get("/models/{model_id}", response_model=Model)
 def get_model(model_id: str, services: ServicesDep):
     if model_id != services.manifest.name:
         raise APIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
-    return Model(id=services.manifest.name, created=services.started_at)
+    return Model.from_manifest(services.manifest, services.started_at)

@@ -12,6 +12,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
   key: localStorage.getItem(KEY_STORAGE) || "",
+  experts: [],  // expert names by index, from the model's manifest
   // id -> {job, card, blobs: blob URLs to revoke, follow: AbortController | null,
   //        media: result loaded, liveSteps: routing from progress events}
   jobs: new Map(),
@@ -43,7 +44,14 @@ async function api(path, { method = "GET", body, headers, signal } = {}) {
 }
 
 async function apiJson(path, options) {
-  return (await api(path, options)).json();
+  return parseJson(await (await api(path, options)).text());
+}
+
+// Seeds are 63-bit integers: JSON.parse would round them to the nearest double
+// (8772104593415965125 -> 8772104593415965000), so they are kept as the digits the server sent.
+// The pattern cannot match inside a JSON string value, where every quote is escaped.
+function parseJson(text) {
+  return JSON.parse(text.replace(/"seed":\s*(\d+)/g, '"seed":"$1"'));
 }
 
 async function apiBlobUrl(entry, path) {
@@ -76,12 +84,37 @@ async function loadModel() {
   const models = await apiJson("/v1/models");
   const model = models.data[0];
   $("#model").textContent = model ? model.id : "no model";
-  // HOOK(speed presets): once the model object lists `speed_presets` (names the server accepts as
-  // `speed`), offer them. Until then the select stays hidden and nothing is sent.
+  $("#model").title = model && model.description ? model.description : "the model this server serves";
+  state.experts = model && Array.isArray(model.experts) ? model.experts : [];
+  // the speed presets the server accepts as `speed`, the model's default selected; a server
+  // that lists none gets no `speed` field
   const presets = model && Array.isArray(model.speed_presets) ? model.speed_presets : [];
   const select = $("#speed");
-  select.replaceChildren(...presets.map((name) => new Option(name, name)));
+  select.replaceChildren(...presets.map((name) => new Option(name, name, false, name === model.default_speed)));
   $("#speed-field").hidden = presets.length === 0;
+  showExamples(model && Array.isArray(model.examples) ? model.examples : []);
+}
+
+// The model's example prompts (its manifest's `examples`): a click puts one in the prompt field.
+function showExamples(examples) {
+  const list = $("#examples");
+  list.replaceChildren(...examples.map((prompt) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.textContent = prompt;
+    button.addEventListener("click", () => {
+      const field = $("#create-form").prompt;
+      field.value = prompt;
+      field.focus();
+    });
+    return button;
+  }));
+  $("#examples-field").hidden = examples.length === 0;
+}
+
+function expertName(e) {
+  return state.experts[e] || `expert ${e}`;
 }
 
 // ---- the form --------------------------------------------------------------------------------------
@@ -445,7 +478,7 @@ function drawRouting(entry, steps, experts, totalSteps) {
 
   for (let e = 0; e < experts; e++) {
     const label = svg("text", { x: left - 8, y: top + e * rowH + rowH / 2 + 3.5, "text-anchor": "end" }, chart);
-    label.textContent = `expert ${e}`;
+    label.textContent = expertName(e);
   }
   for (let i = 0; i < columns; i++) {
     const step = steps[i];
@@ -460,7 +493,7 @@ function drawRouting(entry, steps, experts, totalSteps) {
         "data-expert": e, "data-weight": weight.toFixed(4),
       }, col);
       svg("title", {}, rect).textContent = step
-        ? `step ${i + 1}${step.t != null ? ` (t=${Number(step.t).toFixed(3)})` : ""} · expert ${e} · weight ${weight.toFixed(3)}`
+        ? `step ${i + 1}${step.t != null ? ` (t=${Number(step.t).toFixed(3)})` : ""} · ${expertName(e)} · weight ${weight.toFixed(3)}`
         : `step ${i + 1}: not run yet`;
     }
     if (columns <= 24 || i === 0 || (i + 1) % 5 === 0 || i === columns - 1) {

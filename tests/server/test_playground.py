@@ -2,7 +2,9 @@
 (pointed at the system chromium; nothing is downloaded), on the real stack (`paris api` and
 `paris worker` processes on Valkey, the shipped paris-mini model, API keys on).
 
-It loads `/`, saves the key, submits a text-to-video job and follows it through the events route:
+It loads `/`, saves the key, offers the manifest's example prompts, speed presets and expert
+names, keeps 63-bit seeds exact (JavaScript numbers would round them), asks for no favicon,
+submits a text-to-video job and follows it through the events route:
 the progress bar moves and the routing chart fills in column by column while it runs; the video
 plays inline (readyState >= 2, duration = frames / fps), and the chart has one column per step
 with the weights of /trace; then an image-to-video job with an uploaded first frame, also followed
@@ -32,6 +34,7 @@ pytestmark = [
 
 KEY = "pk-playground-test"
 STEPS = 12
+BIG_SEED = "8772104593415965125"  # above 2**53: a JavaScript number shows 8772104593415965000
 DOCS = REPO / "docs"
 SCREENSHOTS = os.environ.get("PARIS_SCREENSHOTS") == "1"  # regenerate docs/playground-*.png
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -123,13 +126,27 @@ def test_text_to_video_then_image_to_video_in_the_browser(page, stack, tmp_path)
     assert "Content-Security-Policy" in httpx.get(stack.url + "/").headers
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
+    missing: list[str] = []
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+    posted: list[bytes] = []  # multipart bodies (chromium shows none for a file upload)
+    page.on("request", lambda r: posted.append(r.post_data_buffer or b"") if r.method == "POST" else None)
     save_key(page)
-    expect(page.locator("#model")).to_have_text(api(stack, "GET", "/v1/models").json()["data"][0]["id"])
+    model = api(stack, "GET", "/v1/models").json()["data"][0]
+    expect(page.locator("#model")).to_have_text(model["id"])
+
+    # the manifest's examples, presets and expert names (paris-mini: its own vocabulary)
+    examples = page.locator("#examples .example")
+    assert examples.all_inner_texts() == model["examples"] and len(model["examples"]) == 8
+    assert page.locator("#speed option").all_inner_texts() == ["quality", "balanced", "fast"]
+    assert page.input_value("#speed") == model["default_speed"] == "quality"
+    assert model["experts"] == ["translation", "scale", "fade"]
 
     # ---- text to video ----
-    page.fill("textarea[name=prompt]", "a red circle moving left")
+    examples.nth(0).click()
+    assert page.input_value("textarea[name=prompt]") == "a red circle moving left" == model["examples"][0]
     page.fill("input[name=num_inference_steps]", str(STEPS))
-    page.fill("input[name=seed]", "7")
+    page.fill("input[name=seed]", BIG_SEED)
+    page.select_option("#speed", "balanced")
     page.fill("input[name=top_k]", "2")  # two experts per step: the chart shows their weights
     page.click("#submit")
     job_card = card(page)
@@ -145,7 +162,9 @@ def test_text_to_video_then_image_to_video_in_the_browser(page, stack, tmp_path)
     assert requested.count(f"{stack.url}/v1/videos/{job_id}") == 1  # no polling: the final record only
 
     job = api(stack, "GET", f"/v1/videos/{job_id}").json()
-    assert (job["num_inference_steps"], job["seed"], job["image_to_video"]) == (STEPS, 7, False)
+    assert (job["num_inference_steps"], job["seed"], job["image_to_video"]) == (STEPS, int(BIG_SEED), False)
+    assert f"seed {BIG_SEED} · " in job_card.locator(".meta").inner_text() + " · "  # exact, not rounded
+    assert b'name="speed"\r\n\r\nbalanced\r\n' in posted[0]
     duration = wait_playable(page, job_card)
     assert abs(duration - job["num_frames"] / job["fps"]) <= 1 / job["fps"] + 1e-6, (duration, job)
     width = int(job["size"].split("x")[0])
@@ -163,6 +182,8 @@ def test_text_to_video_then_image_to_video_in_the_browser(page, stack, tmp_path)
                  for c in column.locator("rect").all()}
         want = {e: 0.0 for e in drawn} | {e: w for e, w in zip(step["experts"], step["weights"])}
         assert drawn == pytest.approx(want, abs=1e-4), (drawn, step)
+    labels = job_card.locator(".routing-chart > text").all_text_contents()
+    assert labels[:3] == model["experts"], labels
     screenshot(page, "t2v")
 
     # ---- image to video: first frame uploaded from a file, previewed, sent ----
@@ -188,6 +209,7 @@ def test_text_to_video_then_image_to_video_in_the_browser(page, stack, tmp_path)
     i2v = api(stack, "GET", f"/v1/videos/{i2v_id}").json()
     assert i2v["image_to_video"] is True and "image to video" in i2v_card.locator(".meta").inner_text()
     expect(i2v_card.locator(".routing-chart .routing-step")).to_have_count(4)
+    assert missing == [] and not any(url.endswith("/favicon.ico") for url in requested), missing
     screenshot(page, "i2v")
 
 
@@ -195,7 +217,8 @@ def test_cancel_and_delete_buttons(page, stack):
     expect = sync_api.expect
     page.emulate_media(color_scheme="dark")
     save_key(page)
-    expect(page.locator("#job-list .job .player:not([hidden])")).to_have_count(2)  # the first test's jobs
+    # the first test's jobs; their media load through blob: URLs, slowly on a loaded machine
+    expect(page.locator("#job-list .job .player:not([hidden])")).to_have_count(2, timeout=30_000)
     for i in range(2):
         wait_playable(page, card(page, i))
     screenshot(page, "dark")
@@ -207,6 +230,8 @@ def test_cancel_and_delete_buttons(page, stack):
     job_id = job_card.get_attribute("data-id")
     wait_until(lambda: api(stack, "GET", f"/v1/videos/{job_id}").json()["status"] == "in_progress", 60, 0.1,
                "job running")
+    seed = api(stack, "GET", f"/v1/videos/{job_id}").json()["seed"]  # the server's choice: 63 bits
+    expect(job_card.locator(".meta")).to_contain_text(f"seed {seed}")
     job_card.locator(".cancel").click()
     expect(job_card).to_have_attribute("data-status", "failed")
     expect(job_card.locator(".job-error")).to_contain_text("cancelled")

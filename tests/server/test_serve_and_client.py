@@ -8,6 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from client import exits
 from weights.recipe.detector import read_mp4
 
 from .harness import REPO, Proc, free_port, wait_until
@@ -45,7 +46,8 @@ def test_paris_submit_shows_progress_and_writes_mp4(served):
                         "--server", url, "--out", str(out), "--steps", "3", "--seed", "5"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "step" in p.stderr and "seed 5" in p.stderr and "wrote" in p.stderr
+    assert "step" in p.stderr and "seed 5" in p.stderr  # the job and its progress on stderr
+    assert p.stdout.startswith(f"wrote {out} (9 frames, 32x32, 8 fps, seed 5)")  # the result on stdout
     frames, _ = read_mp4(out)
     assert frames.shape == (9, 32, 32, 3)
 
@@ -54,4 +56,4 @@ def test_paris_submit_reports_errors(served):
     url, tmp = served
     p = subprocess.run([sys.executable, "-m", "client.cli", "submit", "x", "--size", "7x7", "--server", url,
                         "--out", str(tmp / "never.mp4")], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "size" in p.stderr
+    assert p.returncode == exits.INVALID and p.stderr.count("\n") == 1 and "size" in p.stderr

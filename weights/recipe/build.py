@@ -7,6 +7,7 @@ progress bars on stderr, one JSON line per logged loss in <out>/build.log.
 """
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -19,28 +20,22 @@ import torch
 from pipeline.manifest import expert_key
 
 from .common import Timer, log_event, setup_logging
-from .data import CLUSTERS, FPS, FRAMES, SIZE
+from .data import CLUSTERS, COLOURS, FPS, FRAMES, MOTIONS, SHAPES, SIZE
 from .encoders import CLIP_DIM, DINO_DIM, TEXT_DIM, Encoders
 from .experts import expert_config, train_expert
 from .folder import ROUTER, components, save_module, save_vae, write_manifest
 from .latents import LatentCache, build_cache
+from .profiles import PROFILES, WORKERS
 from .router import router_accuracy, router_config, train_router
 from .vae import build_vae, pretrain_on_frames, refine_decoder, train_vae
 
-PROFILES = {
-    # the shipped model (55 minutes on 2 cores)
-    "full": dict(vae_frame_steps=3000, vae_frame_batch=8, vae_steps=1200, vae_batch=8, per_cluster=2000,
-                 expert_steps=2000, expert_batch=64, router_steps=800, router_batch=64, expert_hidden=96,
-                 decoder_steps=600, decoder_batch=8),
-    # the code path only, for tests
-    "tiny": dict(vae_frame_steps=3, vae_frame_batch=2, vae_steps=3, vae_batch=2, per_cluster=8, expert_steps=3,
-                 expert_batch=4, router_steps=3, router_batch=4, expert_hidden=32, decoder_steps=2, decoder_batch=2),
-}
-WORKERS = {"full": 2, "tiny": 1}
 
 SAMPLING = dict(num_inference_steps=20, guidance_scale=2.5, image_guidance_scale=2.0, guidance_oscillation=False,
                 fps=FPS, num_frames=FRAMES, size=f"{SIZE}x{SIZE}", top_k=1, negative_prompt="",
                 prompt_template="{prompt}")
+# Prompts in the model's vocabulary, one per motion (colours and shapes taken in turn): the
+# manifest's `examples`, which the playground offers.
+EXAMPLES = [f"a {c} {s} {m}" for c, s, m in zip(itertools.cycle(COLOURS), itertools.cycle(SHAPES), MOTIONS)]
 
 
 def manifest_dict(max_length: int) -> dict:
@@ -49,6 +44,7 @@ def manifest_dict(max_length: int) -> dict:
         "format": "paris-ddm/1",
         "description": "A tiny Decentralized Diffusion Model trained from scratch on synthetic clips "
                        "(one coloured shape on black; 3 experts: translation, scale, fade). See weights/recipe.",
+        "examples": EXAMPLES,
         "components": components(max_length, list(CLUSTERS)),
         "sampling": SAMPLING,
         "limits": {"sizes": [f"{SIZE}x{SIZE}"], "max_frames": FRAMES, "temporal_compression": 4,
@@ -143,17 +139,6 @@ def build(out: Path, profile: str = "full", seed: int = 0, threads: int = 1, pro
     return report
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--out", type=Path, default=Path("weights/paris-mini"))
-    ap.add_argument("--profile", default="full", choices=sorted(PROFILES))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the main process (VAE, cache)")
-    ap.add_argument("--workers", type=int, default=None, help="processes training experts/router side by side")
-    ap.add_argument("--no-progress", action="store_true")
-    for key, value in PROFILES["full"].items():
-        ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
-
-
 def run(args) -> int:
     overrides = {k: getattr(args, k) for k in PROFILES["full"] if getattr(args, k) is not None}
     build(args.out, args.profile, args.seed, args.threads, not args.no_progress, args.workers, **overrides)
@@ -161,8 +146,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .cli import add_build_arguments
+
     ap = argparse.ArgumentParser(description=__doc__)
-    add_arguments(ap)
+    add_build_arguments(ap)
     return run(ap.parse_args(argv))
 
 

@@ -23,8 +23,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from weights import DEFAULT_MODEL
-
 from .data import CLUSTERS, COLOURS, MOTIONS, SHAPES, ClipSpec, render_clip
 from .detector import detect, read_mp4
 
@@ -233,17 +231,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--json", type=Path, default=Path("paris-mini-eval.json"), help="where to write the report")
-    ap.add_argument("--samples", type=Path, default=None, help="write a spritesheet PNG of some clips here")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--guidance", type=float, default=None)
-    ap.add_argument("--quick", action="store_true", help="a quarter of the prompts, one seed")
-    ap.add_argument("--speed", default=None, help="speed preset: quality, balanced or fast (default: the model's)")
-    ap.add_argument("--threads", type=int, default=2)
-
-
 def run(args) -> int:
     from pipeline.loader import quiet_library_logging
 
@@ -258,8 +245,10 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .cli import add_eval_arguments
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
+    add_eval_arguments(ap)
     return run(ap.parse_args(argv))
 
 
