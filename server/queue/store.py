@@ -63,6 +63,14 @@ local function finish(job, stream, active, expiry, id, status, now, ttl, group, 
 end
 """
 
+# The fence check every write of a running job's worker makes (progress, lease renewal, release,
+# requeue, settle): the worker still holds the job (its fence is current) and the job still runs.
+_HOLDS = f"""
+local function holds(job, fence)
+  return redis.call('HGET', job, 'fence') == fence and redis.call('HGET', job, 'status') == '{JobStatus.IN_PROGRESS}'
+end
+"""
+
 # KEYS: job, stream, queued, seq, owner_jobs, owner_active, idem ('' for none), limit set
 # ARGV: id, max_active, enqueued_ms, idem_ttl, job_prefix, fingerprint, max_queued, field, value, ... (the whole
 #       job hash); max_queued > 0: 'busy' while that many jobs are queued (the global admission limit)
@@ -136,10 +144,8 @@ return {'claimed', fence, attempts, unpack(redis.call('HGETALL', KEYS[1]))}  -- 
 """
 
 # KEYS: job ; ARGV: fence, field, value, ...
-PROGRESS = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
-  return 0
-end
+PROGRESS = _HOLDS + """
+if not holds(KEYS[1], ARGV[1]) then return 0 end
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
@@ -147,29 +153,23 @@ return 1
 """
 
 # KEYS: job, stream ; ARGV: fence, group, consumer, entry
-RENEW = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
-  return 0
-end
+RENEW = _HOLDS + """
+if not holds(KEYS[1], ARGV[1]) then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
 """
 
 # KEYS: job, stream ; ARGV: fence, group, consumer, entry, idle_ms
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
-  return 0
-end
+RELEASE = _HOLDS + """
+if not holds(KEYS[1], ARGV[1]) then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
 return 1
 """
 
 # KEYS: job, stream, queued, owner_active, expiry
 # ARGV: id, fence, group, consumer, entry, idle_ms, max_requeues, now, ttl
-REQUEUE = _FINISH + """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
-  return 0
-end
+REQUEUE = _HOLDS + _FINISH + """
+if not holds(KEYS[1], ARGV[2]) then return 0 end
 local requeues = redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 if requeues > tonumber(ARGV[7]) then
   finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[3],
@@ -186,10 +186,8 @@ return 1
 """
 
 # KEYS: job, stream, owner_active, expiry ; ARGV: id, fence, status, now, ttl, group, field, value, ...
-SETTLE = _FINISH + """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then
-  return 0
-end
+SETTLE = _HOLDS + _FINISH + """
+if not holds(KEYS[1], ARGV[2]) then return 0 end
 local extra = {}
 for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], extra)
