@@ -42,11 +42,7 @@ from enum import StrEnum
 import redis.asyncio
 
 from server.queue.guard import GUARD_LUA, UNGUARDED, Guard
-
-# ---- key names (the lead may move these beside the job keys) ---------------------------------------
-def events_key(prefix: str, job_id: str) -> str:
-    return f"{prefix}:events:{job_id}"
-
+from server.queue.jobs import events_key
 
 MAXLEN = 1000            # per job; a 1000-step job keeps its latest ~1000 events
 log = logging.getLogger("paris.api")

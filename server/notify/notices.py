@@ -13,6 +13,7 @@ import redis
 
 from .events import EventType, JobEvents
 from server.queue.guard import Guard
+from server.queue.jobs import JobStatus
 from .webhooks import Outbox, WebhookEventType, video_event
 
 
@@ -24,21 +25,21 @@ class JobNotices:
     def queued(self, pipe, job_key: str, job_id: str, position: int) -> None:
         """Only while the job still waits: a worker may have taken it already."""
         self.events.publish(pipe, job_id, EventType.QUEUED, {"position": position},
-                            Guard(job_key, {"status": "queued"}))
+                            Guard(job_key, {"status": JobStatus.QUEUED}))
 
     def progress(self, pipe, job_key: str, job_id: str, fence: int, *, step: int, total: int, percent: int,
                  experts: tuple[int, ...], weights: tuple[float, ...]) -> None:
         self.events.publish(pipe, job_id, EventType.PROGRESS,
                             {"step": step, "total": total, "progress": percent, "experts": list(experts),
                              "weights": [round(w, 6) for w in weights]},
-                            Guard(job_key, {"status": "in_progress", "fence": str(fence)}))
+                            Guard(job_key, {"status": JobStatus.IN_PROGRESS, "fence": str(fence)}))
 
     def ended(self, pipe, job_key: str, job_id: str, urls: list[str], *, fence: int | None,
               error: tuple[str, str] | None) -> None:
         """The job completed (error None) or failed with (code, message): its terminal event and
         its webhook deliveries. The guard names the fence the settle held (None for a cancel,
         which holds none) and, for a failure, the error code it wrote."""
-        held = {"status": "failed" if error else "completed"}
+        held = {"status": JobStatus.FAILED if error else JobStatus.COMPLETED}
         if fence is not None:
             held["fence"] = str(fence)
         if error:

@@ -1,5 +1,5 @@
 """A job as the server knows it: its status, the typed record behind `paris:job:<id>`, and the
-names of every Redis key the queue uses.
+names of every Redis key the server uses (the queue, the event logs, the webhook outbox).
 
 `Job.from_hash` / `Job.to_hash` are the only code that turns the Redis hash into values and back;
 `hash_args` is the same encoding for the partial updates the Lua transitions write.
@@ -104,6 +104,35 @@ class Keys:
         return f"{self.prefix}:idem:{owner}:{key}"
 
 
+
+def events_key(prefix: str, job_id: str) -> str:  # a job's event log, a capped stream (server/notify/events.py)
+    return f"{prefix}:events:{job_id}"
+
+
+@dataclass(frozen=True)
+class OutboxKeys:
+    """The webhook outbox's keys (server/notify/webhooks/outbox.py), under the same prefix."""
+
+    prefix: str
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:webhook:due"
+
+    @property
+    def delivery_prefix(self) -> str:
+        return f"{self.prefix}:webhook:delivery:"
+
+    def delivery(self, delivery_id: str) -> str:
+        return self.delivery_prefix + delivery_id
+
+    def attempts(self, delivery_id: str) -> str:
+        return f"{self.prefix}:webhook:attempts:{delivery_id}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:webhook:job:{job_id}"
+
+
 @dataclass
 class Job:
     # written once, at enqueue
@@ -133,6 +162,7 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     cancelled_at_step: int | None = None
+    requeues: int | None = None  # times its storage failed and REQUEUE handed it back (the Lua script counts them)
     # the result (completed jobs)
     artifact_fence: int | None = None  # the attempt whose files are the result
     routing: dict | None = None
@@ -155,25 +185,7 @@ class Job:
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Job:
         """The job in a Redis hash (fields this version does not know are ignored)."""
-
-        def opt_int(name: str) -> int | None:
-            return int(h[name]) if h.get(name) else None
-
-        def opt_json(name: str):
-            return json.loads(h[name]) if h.get(name) else None
-
-        return cls(
-            id=h["id"], owner=h["owner"], model=h["model"], created_at=int(h["created_at"]), request=h["request"],
-            prompt=h["prompt"], seed=int(h["seed"]), num_frames=int(h["num_frames"]), fps=int(h["fps"]),
-            size=h["size"], num_inference_steps=int(h["num_inference_steps"]), has_image=h["has_image"] == "1",
-            webhook_urls=opt_json("webhook_urls"),
-            status=JobStatus(h["status"]), entry_id=h.get("entry_id"), fence=int(h["fence"]),
-            attempts=int(h["attempts"]), worker=h.get("worker"), progress=int(h["progress"]),
-            step=opt_int("step"), completed_at=opt_int("completed_at"), expires_at=opt_int("expires_at"),
-            error_code=h.get("error_code"), error_message=h.get("error_message"),
-            cancelled_at_step=opt_int("cancelled_at_step"), artifact_fence=opt_int("artifact_fence"),
-            routing=opt_json("routing"), trace=opt_json("trace"), residency=opt_json("residency"),
-            compute=opt_json("compute"))
+        return cls(**{name: decode(name, raw) for name, raw in h.items() if name in _FIELDS})
 
     def to_hash(self) -> dict[str, str]:
         """The Redis hash of this job (fields that are None are absent)."""
@@ -182,6 +194,25 @@ class Job:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
+_INTS = frozenset({"created_at", "seed", "num_frames", "fps", "num_inference_steps", "fence", "attempts", "progress",
+                   "step", "completed_at", "expires_at", "cancelled_at_step", "requeues", "artifact_fence"})
+_JSON = frozenset({"webhook_urls", "routing", "trace", "residency", "compute"})
+
+
+def decode(name: str, raw: str | None) -> object:
+    """One field of the job hash as its value: the one decoder (Job.from_hash and the store's
+    partial reads use it). An absent field, or an empty optional number or JSON, is None."""
+    if name in _INTS or name in _JSON:
+        if not raw:
+            return None
+        return int(raw) if name in _INTS else json.loads(raw)
+    if raw is None:
+        return None
+    if name == "status":
+        return JobStatus(raw)
+    if name == "has_image":
+        return raw == "1"
+    return raw
 
 
 def _encode(value: object) -> str:

@@ -36,7 +36,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from .jobs import GROUP, Job, JobStatus, Keys, hash_args
+from .jobs import GROUP, Job, JobStatus, Keys, decode, hash_args
 from .metrics import Metrics
 from server.notify.notices import JobNotices
 
@@ -232,9 +232,9 @@ class JobState(NamedTuple):
     artifact_fence: int | None = None
 
     @classmethod
-    def parse(cls, status: str | None, fence: str | None, artifact_fence: str | None) -> JobState:
-        return cls(JobStatus(status) if status else None, int(fence) if fence else None,
-                   int(artifact_fence) if artifact_fence else None)
+    def read(cls, values: list[str | None]) -> JobState:
+        """From HMGET job status fence artifact_fence (`_queue_states`)."""
+        return cls(*(decode(name, raw) for name, raw in zip(cls._fields, values, strict=True)))
 
 
 class RoundTrip:
@@ -287,7 +287,7 @@ class StepReport:
 
     def send(self) -> dict[str, JobState]:
         states = self.trip.send()[self.first_state:self.first_state + len(self.watched)]
-        return {job_id: JobState.parse(*values) for job_id, values in zip(self.watched, states, strict=True)}
+        return {job_id: JobState.read(values) for job_id, values in zip(self.watched, states, strict=True)}
 
 
 class JobStore:
@@ -542,13 +542,13 @@ class JobStore:
 
     def _queue_states(self, pipe: redis.client.Pipeline, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), "status", "fence", "artifact_fence")
+            pipe.hmget(self.keys.job(job_id), *JobState._fields)
 
     def state(self, job_ids: list[str]) -> dict[str, JobState]:
         """Status, fence and accepted attempt per job, one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         self._queue_states(pipe, job_ids)
-        return {job_id: JobState.parse(*values) for job_id, values in zip(job_ids, pipe.execute(), strict=True)}
+        return {job_id: JobState.read(values) for job_id, values in zip(job_ids, pipe.execute(), strict=True)}
 
     def heartbeat(self, worker: str, storage_ok: bool = True) -> None:
         """The worker is alive; `storage_ok` False while it cannot store videos (not ready)."""

@@ -28,30 +28,8 @@ from urllib.parse import urlsplit
 import redis
 
 from server.queue.guard import GUARD_LUA, UNGUARDED, Guard
+from server.queue.jobs import OutboxKeys
 from .payloads import WebhookEvent
-
-
-# ---- key names (the lead may move these beside the job keys) ---------------------------------------
-@dataclass(frozen=True)
-class OutboxKeys:
-    prefix: str
-
-    @property
-    def due(self) -> str:
-        return f"{self.prefix}:webhook:due"
-
-    @property
-    def delivery_prefix(self) -> str:
-        return f"{self.prefix}:webhook:delivery:"
-
-    def delivery(self, delivery_id: str) -> str:
-        return self.delivery_prefix + delivery_id
-
-    def attempts(self, delivery_id: str) -> str:
-        return f"{self.prefix}:webhook:attempts:{delivery_id}"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:webhook:job:{job_id}"
 
 
 @dataclass(frozen=True)
