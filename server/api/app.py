@@ -27,7 +27,7 @@ from .owned_videos import sweep_expired
 from .routers import docs as docs_router
 from .routers import events, health, models, playground, unsupported, videos
 from server.process.settings import Settings
-from server.queue.store import JobStore
+from server.queue.store import JobQueue
 from .stream_slots import StreamSlots
 from .tenants import parse_networks
 from .uploads import ImageLimits, ImageSlots
@@ -42,7 +42,7 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
     if not url:
         raise ValueError("create_app needs a Redis URL (the CLI starts an embedded Valkey when none is given)")
     manifest = read_manifest(settings.model)
-    store = JobStore.from_url(url, settings.key_prefix)
+    store = JobQueue.from_url(url, settings.key_prefix)
     artifacts = open_artifacts(settings)
     registry = CollectorRegistry()
     registry.register(RedisCollector(store, settings.heartbeat_ttl_s))

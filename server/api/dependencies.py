@@ -18,7 +18,7 @@ from .auth import KeyRing
 from server.process.embedded import EmbeddedValkey
 from server.notify.events import EventFeed
 from server.process.settings import Settings
-from server.queue.store import JobStore
+from server.queue.store import JobQueue
 from .stream_slots import StreamSlots
 from .tenants import IPNetwork
 from .owned_videos import OwnedVideos
@@ -30,7 +30,7 @@ from .webhook_service import WebhookService
 class Services:
     settings: Settings
     manifest: Manifest
-    store: JobStore
+    store: JobQueue
     artifacts: ArtifactStore
     keys: KeyRing
     operators: KeyRing  # keys that may read /metrics (none: the API's keys may)
@@ -58,7 +58,7 @@ def get_manifest(services: Annotated[Services, Depends(get_services)]) -> Manife
     return services.manifest
 
 
-def get_store(services: Annotated[Services, Depends(get_services)]) -> JobStore:
+def get_store(services: Annotated[Services, Depends(get_services)]) -> JobQueue:
     return services.store
 
 
@@ -84,7 +84,7 @@ def get_videos(services: Annotated[Services, Depends(get_services)],
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManifestDep = Annotated[Manifest, Depends(get_manifest)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
+StoreDep = Annotated[JobQueue, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 Owner = Annotated[str, Depends(require_owner)]
 Videos = Annotated[OwnedVideos, Depends(get_videos)]

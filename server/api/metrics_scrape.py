@@ -8,11 +8,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from server.queue.jobs import JobStatus
 from server.queue.metrics import JOB_BUCKETS, STEP_BUCKETS
-from server.queue.store import JobStore
+from server.queue.store import JobQueue
 
 
 class RedisCollector:
-    def __init__(self, store: JobStore, heartbeat_ttl_s: float):
+    def __init__(self, store: JobQueue, heartbeat_ttl_s: float):
         self.store = store
         self.heartbeat_ttl_s = heartbeat_ttl_s
 

@@ -11,12 +11,12 @@ from typing import Literal
 from server.storage import ArtifactStore
 from server.errors import not_found
 from server.queue.jobs import Job, JobStatus, is_job_id
-from server.queue.store import JobStore
+from server.queue.store import JobQueue
 
 log = logging.getLogger("paris.api")
 
 
-def purge(store: JobStore, artifacts: ArtifactStore, job_id: str, ttl_s: int) -> JobStatus | None:
+def purge(store: JobQueue, artifacts: ArtifactStore, job_id: str, ttl_s: int) -> JobStatus | None:
     """Cancel the job if it runs (its worker then writes nothing more), delete its files, then its
     record; returns the status it had. The record goes last: if the storage fails, it is still there
     for the next DELETE or sweep to finish the job."""
@@ -26,7 +26,7 @@ def purge(store: JobStore, artifacts: ArtifactStore, job_id: str, ttl_s: int) ->
     return was
 
 
-def sweep_expired(store: JobStore, artifacts: ArtifactStore, ttl_s: int) -> int:
+def sweep_expired(store: JobQueue, artifacts: ArtifactStore, ttl_s: int) -> int:
     """Purge finished jobs past expires_at; returns how many."""
     expired = store.expired()
     for job_id in expired:
@@ -40,7 +40,7 @@ class OwnedVideos:
     past its expiry is 404 `video_not_found` (an expired job is purged on sight, before the
     sweeper gets to it)."""
 
-    def __init__(self, store: JobStore, artifacts: ArtifactStore, ttl_s: int, owner: str):
+    def __init__(self, store: JobQueue, artifacts: ArtifactStore, ttl_s: int, owner: str):
         self.store, self.artifacts, self.ttl_s, self.owner = store, artifacts, ttl_s, owner
 
     def get(self, video_id: str) -> Job:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Self
 
 import redis
 from redis.commands.core import Script
@@ -290,8 +290,8 @@ class StepReport:
         return {job_id: JobState.read(values) for job_id, values in zip(self.watched, states, strict=True)}
 
 
-class JobStore:
-    """Everything the API and the workers do to jobs in Redis."""
+class _Store:
+    """What both sides share: the connection, the keys, the scripts, a job's record."""
 
     def __init__(self, client: redis.Redis, prefix: str = "paris"):
         self.redis = client
@@ -308,7 +308,7 @@ class JobStore:
         self._cancel = client.register_script(CANCEL)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "paris") -> JobStore:
+    def from_url(cls, url: str, prefix: str = "paris") -> Self:
         return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=10), prefix)
 
     def ensure_group(self) -> None:
@@ -324,7 +324,15 @@ class JobStore:
         except redis.RedisError:
             return False
 
-    # ---- API side -------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        data = self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_hash(data) if data else None
+
+
+
+class JobQueue(_Store):
+    """The API's side: enqueue, read, list, cancel and delete jobs; the queue's gauges."""
+
     def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None, fingerprint: str = "-",
                 idem_ttl_s: int = 86400, client: str | None = None, max_queued: int = 0
                 ) -> tuple[Enqueued, Job | None]:
@@ -351,10 +359,6 @@ class JobStore:
         if outcome == "existing":
             return outcome, Job.from_hash(dict(zip(out[2][::2], out[2][1::2], strict=True)))
         return outcome, None
-
-    def get(self, job_id: str) -> Job | None:
-        data = self.redis.hgetall(self.keys.job(job_id))
-        return Job.from_hash(data) if data else None
 
     def queue_position(self, job_id: str) -> int | None:
         rank = self.redis.zrank(self.keys.queued, job_id)
@@ -417,7 +421,18 @@ class JobStore:
         return self.redis.zrangebyscore(self.keys.expiry, "-inf", now_s if now_s is not None else int(time.time()),
                                         start=0, num=count)
 
-    # ---- worker side ----------------------------------------------------------------------
+    def worker_counts(self, max_age_s: float) -> tuple[int, int]:
+        """(workers with a fresh heartbeat, those of them that can store videos)."""
+        pipe = self.redis.pipeline()
+        pipe.zrangebyscore(self.keys.workers, time.time() - max_age_s, "+inf")
+        pipe.zrange(self.keys.workers_storage_down, 0, -1)
+        fresh, down = pipe.execute()
+        return len(fresh), len(set(fresh) - set(down))
+
+
+class WorkerStore(_Store):
+    """A worker's side: read and claim entries, report steps, hold leases, settle or requeue."""
+
     def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """XREADGROUP up to `count` new entries; returns (entry_id, job_id)."""
         if count <= 0:
@@ -564,10 +579,7 @@ class JobStore:
             pipe.zremrangebyscore(key, "-inf", now - 86400)  # forget workers gone for a day
         pipe.execute()
 
-    def worker_counts(self, max_age_s: float) -> tuple[int, int]:
-        """(workers with a fresh heartbeat, those of them that can store videos)."""
-        pipe = self.redis.pipeline()
-        pipe.zrangebyscore(self.keys.workers, time.time() - max_age_s, "+inf")
-        pipe.zrange(self.keys.workers_storage_down, 0, -1)
-        fresh, down = pipe.execute()
-        return len(fresh), len(set(fresh) - set(down))
+
+class JobStore(JobQueue, WorkerStore):
+    """Both sides on one connection, for code that plays the API and a worker at once (the tests,
+    tools); the API holds a JobQueue and a worker a WorkerStore."""

@@ -47,7 +47,7 @@ from server.storage import ArtifactStore, open_artifacts
 from server.queue.jobs import Job, JobStatus, completion
 from server.queue.metrics import JOB_BUCKETS, STEP_BUCKETS, WeightMoves
 from server.process.settings import Settings
-from server.queue.store import Claim, JobState, JobStore, StepProgress, StepReport
+from server.queue.store import Claim, JobState, StepProgress, StepReport, WorkerStore
 
 log = logging.getLogger("paris.worker")
 
@@ -91,7 +91,7 @@ def _settled_as(claim: Claim, target: JobStatus, state: JobState) -> bool | None
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore, engine: Engine,
+    def __init__(self, settings: Settings, store: WorkerStore, artifacts: ArtifactStore, engine: Engine,
                  worker_id: str | None = None):
         self.settings = settings
         self.store = store
@@ -497,5 +497,5 @@ def build_worker(settings: Settings, redis_url: str, group=None) -> Worker:
                     limits=memory_limits(plan) if plan else MemoryLimits(), stream_batch=plan.stream_batch if plan else 1,
                     expert_runner=group.runner_for(model) if group is not None else None)
     _event("model_loaded", model=model.manifest.name, seconds=round(time.time() - t0, 2))
-    store = JobStore.from_url(redis_url, settings.key_prefix)
+    store = WorkerStore.from_url(redis_url, settings.key_prefix)
     return Worker(settings, store, open_artifacts(settings, patient=True), engine)

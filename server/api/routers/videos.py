@@ -15,7 +15,7 @@ from server.errors import APIError
 from ..intake import fingerprint, resolve_create
 from server.queue.jobs import Job, JobStatus, new_job_id
 from ..schemas import Video, VideoDeleted, VideoList
-from server.queue.store import JobStore
+from server.queue.store import JobQueue
 from ..tenants import client_address, tenant
 from ..uploads import load_image
 
@@ -24,7 +24,7 @@ log = logging.getLogger("paris.api")
 BUSY_RETRY_AFTER_S = 5
 
 
-def _video(job: Job, store: JobStore) -> Video:
+def _video(job: Job, store: JobQueue) -> Video:
     return Video.from_job(job, store.queue_position(job.id) if job.status is JobStatus.QUEUED else None,
                           store.notices.deliveries(job.id) if job.webhook_urls else None)
 
