@@ -42,7 +42,7 @@ from enum import StrEnum
 import redis.asyncio
 
 from server.queue.guard import GUARD_LUA, UNGUARDED, Guard
-from server.queue.jobs import events_key
+from server.queue.jobs import JobStatus, events_key
 
 MAXLEN = 1000            # per job; a 1000-step job keeps its latest ~1000 events
 log = logging.getLogger("paris.api")
@@ -59,10 +59,11 @@ def parse_stream_id(text: str) -> tuple[int, int] | None:
 
 
 class EventType(StrEnum):
-    QUEUED = "queued"
+    # a job's queued and terminal events are named by the status they report
+    QUEUED = JobStatus.QUEUED.value
     PROGRESS = "progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
+    COMPLETED = JobStatus.COMPLETED.value
+    FAILED = JobStatus.FAILED.value
     INTERRUPTED = "interrupted"  # made up by sse_stream: the stream ends early, {"code", "message"} say why
 
 
