@@ -4,30 +4,27 @@ that run a model import it in their run functions, so `paris --help`, `paris sub
 commands start in a fraction of a second."""
 
 import argparse
-import importlib
 import os
 import sys
 
 import pipeline.cli
+import pipeline.planner.cli
+import server.process.cli
+import weights.recipe.cli
+from client import jobs, submit
 from weights import DEFAULT_MODEL
 
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(run=...)`.
 # pipeline.cli registers first, given the default model (the pipeline does not import weights/).
-COMMAND_MODULES = [
-    "pipeline.planner.cli",
-    "server.cli",
-    "client.submit",
-    "client.jobs",
-    "weights.recipe.cli",
-]
+COMMAND_MODULES = [pipeline.planner.cli, server.process.cli, submit, jobs, weights.recipe.cli]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paris", description="Serve and run Paris 2.0 style DDM video models.")
     sub = parser.add_subparsers(dest="command", required=True)
     pipeline.cli.register(sub, DEFAULT_MODEL)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

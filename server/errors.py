@@ -1,4 +1,5 @@
-"""The OpenAI error envelope: {"error": {"message", "type", "param", "code"}} for every failure."""
+"""The OpenAI error envelope: {"error": {"message", "type", "param", "code"}} for every failure, and
+the server's own error types. Shared by every room of server/ (it imports none of them)."""
 
 from collections.abc import Mapping, Sequence
 
@@ -33,6 +34,10 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+
+
+class StorageError(OSError):
+    """The artifact store cannot be read or written now (disk full or read-only, S3 unreachable)."""
 
 
 def envelope(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -93,8 +98,6 @@ def install_handlers(app: FastAPI) -> None:
     async def _redis_down(request: Request, exc: redis.RedisError):
         return error_response(503, "The job store (Redis) is unavailable; try again shortly.", None,
                               "redis_unavailable", {"Retry-After": "2"})
-
-    from .artifacts import StorageError
 
     @app.exception_handler(StorageError)
     async def _storage_down(request: Request, exc: StorageError):

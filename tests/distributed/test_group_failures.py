@@ -20,7 +20,7 @@ from weights import DEFAULT_MODEL
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(),
                                 reason="weights/paris-mini not built (run `make paris-mini`)")
 
-TIMEOUT_S = 6.0  # --group-timeout: the group ends within 4/3 of it (server/worker_group.py)
+TIMEOUT_S = 6.0  # --group-timeout: the group ends within 4/3 of it (server/worker/group.py)
 JOBS, STEPS = 3, 8
 
 

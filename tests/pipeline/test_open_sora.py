@@ -96,8 +96,8 @@ def test_a_manifest_without_a_router_must_have_one_expert():
 
 def test_the_api_refuses_routing_a_routerless_model_with_a_400(open_sora_dir):
     from server.errors import APIError
-    from server.intake import resolve_create
-    from server.schemas import CreateVideo
+    from server.api.intake import resolve_create
+    from server.api.schemas import CreateVideo
 
     manifest = read_manifest(open_sora_dir)
     with pytest.raises(APIError) as caught:

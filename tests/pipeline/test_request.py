@@ -35,7 +35,7 @@ def test_first_frame_travels_beside_the_json(manifest):
 
 def test_routing_mode_is_one_enum_everywhere(manifest):
     from pipeline.cli import register  # noqa: F401 (the CLI's choices come from the enum)
-    from server.schemas import CreateVideo
+    from server.api.schemas import CreateVideo
 
     assert resolve(manifest, GenerationRequest("x", routing="ensemble")).routing is RoutingMode.ENSEMBLE
     assert CreateVideo(prompt="x", routing="fixed").routing is RoutingMode.FIXED

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from server.embedded import discover
-from server.jobs import Job, Keys
+from server.process.embedded import discover
+from server.queue.jobs import Job, Keys
 
 REPO = Path(__file__).resolve().parents[2]
 

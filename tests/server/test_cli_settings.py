@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from client.cli import build_parser
-from server.cli import _worker_argv, settings_from_args, worker_devices
+from server.process.cli import _worker_argv, settings_from_args, worker_devices
 
 from .harness import REPO
 
@@ -107,7 +107,7 @@ def test_key_hashes_and_networks_are_checked_when_the_api_starts(tiny_model_dir,
 
 
 def test_serve_passes_its_workers_only_the_settings_they_read():
-    from server.cli import worker_environment
+    from server.process.cli import worker_environment
 
     env = worker_environment({"PARIS_API_KEYS": "k", "PARIS_WEBHOOK_SECRET": "whsec_x", "PARIS_API_KEY_FILE": "/k",
                               "PARIS_TRUSTED_PROXIES": "10.0.0.0/8", "PARIS_MAX_BATCH": "4", "PARIS_LEASE_MS": "9000",

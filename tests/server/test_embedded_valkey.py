@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from server.embedded import discover
+from server.process.embedded import discover
 
 from .harness import REPO, Proc, free_port, wait_until
 

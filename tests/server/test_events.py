@@ -11,8 +11,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from server.events import EventType, JobEvents, JobView
-from server.guard import Guard
+from server.notify.events import EventType, JobEvents, JobView
+from server.queue.guard import Guard
 
 from .sse import parse
 

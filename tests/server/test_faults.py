@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from server.jobs import GROUP, JobStatus, Keys
+from server.queue.jobs import GROUP, JobStatus, Keys
 from weights.recipe.detector import read_mp4
 
 from .harness import wait_until

@@ -10,8 +10,8 @@ import pytest
 from pipeline.request import ResolvedRequest, RoutingMode
 from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta
 from pipeline.routing import Choice, RoutingTrace
-from server.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
-from server.schemas import Video
+from server.queue.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
+from server.api.schemas import Video
 
 JOB_ID = "video_0123456789abcdef0123456789abcdef"
 REQUEST = ResolvedRequest(prompt="a red circle moving left", negative_prompt="", image=None, num_frames=9, width=32,

@@ -6,9 +6,9 @@ import uuid
 
 from pipeline.manifest import read_manifest
 from pipeline.request import GenerationRequest, resolve
-from server.auth import PUBLIC_OWNER
-from server.jobs import Job, JobStatus, new_job_id
-from server.store import JobStore
+from server.api.auth import PUBLIC_OWNER
+from server.queue.jobs import Job, JobStatus, new_job_id
+from server.queue.store import JobStore
 
 
 def test_requeue_refunds_the_attempt_and_its_budget_ends_in_a_clear_failure(valkey, tiny_model_dir):

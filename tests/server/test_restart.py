@@ -6,7 +6,7 @@ import httpx
 import pytest
 import redis
 
-from server.embedded import discover
+from server.process.embedded import discover
 
 from .harness import wait_until
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.artifacts import StorageError
-from server.artifacts.s3 import S3Artifacts
+from server.storage import StorageError
+from server.storage.s3 import S3Artifacts
 from weights.recipe.detector import read_mp4
 
 from .harness import REPO, wait_until

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from server.webhooks.resolver import CachedResolver, DnsServerResolver, parse_reply, parse_server
-from server.webhooks.urls import RefusedURL, UrlPolicy
+from server.notify.webhooks.resolver import CachedResolver, DnsServerResolver, parse_reply, parse_server
+from server.notify.webhooks.urls import RefusedURL, UrlPolicy
 
 
 class Responder:

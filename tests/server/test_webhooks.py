@@ -18,8 +18,8 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
-from server.guard import Guard
-from server.webhooks import (Deliverer, DeliveryError, Outbox, RefusedURL, RetryPolicy, Timeouts, UrlPolicy,
+from server.queue.guard import Guard
+from server.notify.webhooks import (Deliverer, DeliveryError, Outbox, RefusedURL, RetryPolicy, Timeouts, UrlPolicy,
                              WebhookEventType, WebhookSecret, WebhookSender, video_event)
 
 from .harness import free_port, wait_until

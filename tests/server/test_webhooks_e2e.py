@@ -16,10 +16,10 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.api.app import create_app
 from server.errors import APIError
-from server.settings import Settings
-from server.webhook_service import WebhookService
+from server.process.settings import Settings
+from server.api.webhook_service import WebhookService
 
 from .harness import free_port, wait_until
 from .webhook_receiver import Receiver, make_ca

@@ -12,12 +12,12 @@ import pytest
 from pipeline.engine import Engine
 from pipeline.manifest import read_manifest
 from pipeline.request import GenerationRequest, resolve
-from server.artifacts.local import LocalArtifacts
-from server.auth import PUBLIC_OWNER
-from server.jobs import Job, JobStatus, new_job_id
-from server.settings import Settings
-from server.store import JobStore
-from server.worker import Worker
+from server.storage.local import LocalArtifacts
+from server.api.auth import PUBLIC_OWNER
+from server.queue.jobs import Job, JobStatus, new_job_id
+from server.process.settings import Settings
+from server.queue.store import JobStore
+from server.worker.loop import Worker
 
 from .harness import wait_until
 
