@@ -24,6 +24,7 @@ def _module_fixtures(item) -> list[str]:
                   if fixturedefs and fixturedefs[-1].scope in ("module", "class", "package"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Groups for `pytest -n N --dist loadgroup` (harmless without xdist); see SPREAD above."""
     for item in items:

@@ -11,7 +11,7 @@ import pytest
 
 
 def run_benchmark(module: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=900, check=True)  # CPU-bound: 4 test workers share 2 cores
     return json.loads(out.stdout)
 
 

@@ -48,7 +48,7 @@ class BrowserGuard:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         if "*" not in self.allowed and host_name(host) not in self.allowed:
-            response = error_response(400, f"This server does not answer to the host name '{host_name(host)}' "
+            response = error_response(400, "This server does not answer to that host name "
                                            "(PARIS_ALLOWED_HOSTS).", "Host", "invalid_host")
             return await response(scope, receive, send)
         if scope["method"] not in SAFE_METHODS and self._cross_site(headers, host):

@@ -147,7 +147,8 @@ def group_seconds(f: Footprint, experts: dict[str, tuple[int, ...]], streamed: d
 
 def replica_seconds(f: Footprint, gib: int, requests: int, model: Path, passes, rate: float) -> dict:
     plan = make_plan(f, Target(gib * GiB, HOST, max_batch=PER_REPLICA))
-    s = real_size.simulate(plan, requests, passes, rate, 1, real_size.expert_builder(model))
+    extras = real_size.measure_extras(model, f.shape)  # router and text encoders, as a replica runs them
+    s = real_size.simulate(plan, requests, passes, extras, rate, plan.stream_batch, real_size.expert_builder(model))
     return {"seconds": s["all_videos_s"], "streamed": plan.streamed}
 
 

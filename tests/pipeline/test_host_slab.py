@@ -120,8 +120,11 @@ def test_a_copy_failing_midway_leaves_the_component_where_it_was(ahead):
     r.evict("a")  # on the host, in its slab
     before = snapshot(r, module)
     copies.fail_at = copies.copies + 3  # two of its five units copied, the third fails
-    with pytest.raises(RuntimeError, match="injected"):
-        r.prefetch("a", protect=set()) if ahead else r.get("a")
+    if ahead:  # a prefetch is speculative: it logs the failure and says no (gpu-review-2 N6)
+        assert r.prefetch("a", protect=set()) is False
+    else:
+        with pytest.raises(RuntimeError, match="injected"):
+            r.get("a")
     after = snapshot(r, module)
     assert after[0] == before[0]  # every tensor still in the host slab
     assert after[1].keys() == before[1].keys() and all(torch.equal(after[1][k], before[1][k]) for k in before[1])

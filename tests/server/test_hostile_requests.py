@@ -190,7 +190,7 @@ def test_idempotent_post_racing_a_delete_never_500s(stack):
 
 def test_half_a_body_is_408_within_the_timeout(stack):
     with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"prompt\": \"half")
         t0 = time.time()
         reply = sock.recv(4096)
