@@ -14,7 +14,7 @@ serve: install
 TEST_WORKERS ?= 4
 
 test: install
-	@start=$$(date +%s); $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests; rc=$$?; \
+	@start=$$(date +%s); $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s wall time ($(TEST_WORKERS) workers)"; exit $$rc
 
 bench: install

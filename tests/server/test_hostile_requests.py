@@ -215,7 +215,10 @@ def test_no_host_header_reflection(stack):
         r = httpx.get(stack.url + path, headers={"Host": "evil.example"}, follow_redirects=False)
         assert "evil.example" not in r.headers.get("location", ""), (path, r.status_code, r.headers)
         assert "evil.example" not in r.text
-        assert r.status_code == 404, (path, r.status_code)
+        # without keys a Host outside PARIS_ALLOWED_HOSTS is refused before routing (issue 19, N6)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host", (path, r.status_code)
+        plain = httpx.get(stack.url + path, follow_redirects=False)  # an allowed Host: no slash redirect
+        assert plain.status_code == 404 and "location" not in plain.headers, (path, plain.status_code)
 
 
 def test_without_keys_each_client_address_has_its_own_limit(make_stack):
