@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import InvalidRequest
 from .manifest import Manifest, parse_size
+from .request_fields import param, request_fields
 from .speed import PRESETS, Speed
 
 MAX_SEED = 2**63 - 1
@@ -30,23 +31,34 @@ class RoutingMode(StrEnum):
 
 @dataclass
 class GenerationRequest:
-    prompt: str
-    negative_prompt: str | None = None
-    image: Image.Image | None = None
-    num_frames: int | None = None
-    size: str | None = None
-    fps: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    guidance_oscillation: bool | None = None
-    seed: int | None = None
-    top_k: int | None = None
-    routing: RoutingMode | str | None = None  # None: the model's default (top_k; fixed without a router)
-    expert: int | None = None
-    expert_schedule: list[int] | None = None
-    speed: Speed | str | None = None
-    guidance_interval: tuple[float, float] | list[float] | None = None
+    """What a caller asks for; None: the model's default. Each field is declared once, here: its
+    `param` says how the HTTP body, the CLI flags and the client spell it (pipeline/request_fields.py),
+    and `resolve` below gives it its meaning. The order is the HTTP body's (a 400 names the first
+    invalid field)."""
+
+    prompt: str = param(required=True, flag="prompt")
+    image: Image.Image | None = param(flag="--image", help="first frame (image-to-video)", file=True)
+    num_frames: int | None = param(flag="--frames")
+    size: str | None = param(help="WIDTHxHEIGHT")
+    seed: int | None = param()
+    negative_prompt: str | None = param()
+    num_inference_steps: int | None = param(flag="--steps")
+    guidance_scale: float | None = param(flag="--guidance")
+    image_guidance_scale: float | None = param(flag="--image-guidance")
+    guidance_oscillation: bool | None = param(flag="--oscillate", help="guidance oscillation")
+    fps: int | None = param()
+    top_k: int | None = param()
+    routing: RoutingMode | str | None = param(help="default: top_k (fixed for a model without a router)")
+    expert: int | None = param(help="with --routing fixed")
+    expert_schedule: list[int] | None = param(flag="--schedule", listed="comma-separated expert indices, e.g. '0,2,1'",
+                                              help="comma-separated expert per step (with --routing schedule)")
+    speed: Speed | str | None = param(help="speed preset (default: the model's)")
+    guidance_interval: list[float] | tuple[float, float] | None = param(
+        listed="two comma-separated numbers, e.g. '0.1,0.8'",
+        help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
+
+
+REQUEST_FIELDS = request_fields(GenerationRequest)
 
 
 @dataclass
