@@ -9,8 +9,9 @@ encodes, so nothing here can apply it twice.
 import dataclasses
 import json
 import random
+import typing
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from PIL import Image
 
@@ -100,21 +101,27 @@ class ResolvedRequest:
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "image"}
-        return json.dumps({**fields, "routing": str(self.routing), "speed": str(self.speed), "has_image": self.has_image})
+        return json.dumps({**fields, "has_image": self.has_image})  # enums as their values
 
     @classmethod
     def from_json(cls, text: str, image: Image.Image | None = None) -> "ResolvedRequest":
         """The request `to_json` wrote; `image` is its first frame, read back from the artifact
-        store (it must be given exactly when the request had one)."""
+        store (it must be given exactly when the request had one). Fields it lacks (queued before
+        they existed) take their defaults."""
         data = json.loads(text)
         if data.pop("has_image") != (image is not None):
             raise ValueError("the first frame must be given exactly when the request had one")
-        data["routing"] = RoutingMode(data["routing"])
-        if "speed" in data:
-            data["speed"] = Speed(data["speed"])
-        if "guidance_interval" in data:
-            data["guidance_interval"] = tuple(data["guidance_interval"])
-        return cls(**data, image=image)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _from_json(hints[name], value) for name, value in data.items()}, image=image)
+
+
+def _from_json(annotation, value):
+    """A field's JSON value as its type: an enum from its value, a tuple from a list."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation(value)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(value)
+    return value
 
 
 def _check(ok: bool, param: str, message: str) -> None:
