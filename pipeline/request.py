@@ -112,7 +112,7 @@ class ResolvedRequest:
         if data.pop("has_image") != (image is not None):
             raise ValueError("the first frame must be given exactly when the request had one")
         hints = typing.get_type_hints(cls)
-        return cls(**{name: _from_json(hints[name], value) for name, value in data.items()}, image=image)
+        return cls(**{name: _from_json(hints.get(name), value) for name, value in data.items()}, image=image)
 
 
 def _from_json(annotation, value):
