@@ -192,9 +192,9 @@ class _Operations(ABC, Generic[JSON, FILE]):
 
     def create(self, prompt: str, image: str | Path | bytes | None = None, idempotency_key: str | None = None,
                **params) -> JSON:
-        """params: size, num_frames, seconds, seed, num_inference_steps, guidance_scale, fps, top_k,
-        negative_prompt, expert_schedule (list of ints), model, speed ("quality", "balanced" or
-        "fast"), guidance_interval ([t_low, t_high])."""
+        """params: the fields of `POST /v1/videos` (pipeline/request.py's GenerationRequest declares
+        them, plus `model`, `seconds` and `webhook_url`), e.g. seed=5, num_inference_steps=20,
+        expert_schedule=[0, 2, 1], guidance_interval=(0.15, 1.0); lists are sent comma-separated."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._send(Call("POST", "/v1/videos", data=_form(prompt, params), files=_files(image), headers=headers))
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import add_request_arguments
+from pipeline.cli import add_request_arguments, request_values
+from pipeline.request import REQUEST_FIELDS
 
 from .api import ParisClient
 from .exits import JOB_FAILED, OK, USAGE, run_reporting
@@ -14,13 +15,12 @@ from .jobs import add_server_arguments, print_json, shares, summary
 
 
 def form_params(args) -> dict:
-    """The API's form fields for the request flags (None: the server's default)."""
-    return {"size": args.size, "num_frames": args.frames, "seconds": args.seconds, "seed": args.seed,
-            "num_inference_steps": args.steps, "guidance_scale": args.guidance,
-            "image_guidance_scale": args.image_guidance, "guidance_oscillation": args.oscillate, "fps": args.fps,
-            "top_k": args.top_k, "negative_prompt": args.negative_prompt, "routing": args.routing,
-            "expert": args.expert, "expert_schedule": args.schedule, "model": args.model, "speed": args.speed,
-            "guidance_interval": args.guidance_interval}
+    """The API's form fields for the flags (None: the server's default): the request's fields, as
+    `paris generate` reads them, less the prompt and the first frame (sent apart), and the API's own.
+    ValueError, naming the flag, for a list that does not parse."""
+    apart = {"prompt"} | {f.name for f in REQUEST_FIELDS if f.file}  # ParisClient.create's own arguments
+    fields = {name: value for name, value in request_values(args).items() if name not in apart}
+    return {**fields, "seconds": args.seconds, "model": args.model}
 
 
 class Progress:
@@ -50,17 +50,15 @@ class Progress:
 
 
 def cmd_submit(args) -> int:
-    try:  # as the API's comma-separated lists
-        args.schedule = [int(x) for x in args.schedule.split(",")] if args.schedule else None
-        args.guidance_interval = [float(x) for x in args.guidance_interval.split(",")] if args.guidance_interval \
-            else None
+    try:
+        params = form_params(args)
     except ValueError as exc:
-        print(f"paris submit: --schedule/--guidance-interval: {exc}", file=sys.stderr)
+        print(f"paris submit: {exc}", file=sys.stderr)
         return USAGE
 
     def run() -> int:
         with ParisClient(args.server, api_key=args.api_key) as client:
-            video = client.create(args.prompt, image=args.image, **form_params(args))
+            video = client.create(args.prompt, image=args.image, **params)
             if args.no_wait:
                 print_json(video) if args.json else print(video["id"])
                 return OK

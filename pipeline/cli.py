@@ -7,8 +7,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .errors import InvalidRequest, ModelFolderError
-from .request import RoutingMode
-from .speed import Speed
+from .request import REQUEST_FIELDS
+from .request_fields import RequestField, choices
 
 
 def register(sub, default_model: Path) -> None:
@@ -33,26 +33,44 @@ def register(sub, default_model: Path) -> None:
 
 def add_request_arguments(p) -> None:
     """The flags of one generation request, shared by `paris generate` and `paris submit` so that
-    the two spell them alike."""
-    p.add_argument("prompt")
-    p.add_argument("--image", type=Path, help="first frame (image-to-video)")
+    the two spell them alike: one per GenerationRequest field, as its `param` declares it."""
+    for f in REQUEST_FIELDS:
+        p.add_argument(f.flag, **_flag_options(f))
     p.add_argument("--out", type=Path, default=Path("out.mp4"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--image-guidance", type=float)
-    p.add_argument("--oscillate", action="store_true", default=None, help="guidance oscillation")
-    p.add_argument("--frames", type=int)
-    p.add_argument("--size", help="WIDTHxHEIGHT")
-    p.add_argument("--fps", type=int)
-    p.add_argument("--negative-prompt")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--routing", choices=[m.value for m in RoutingMode],
-                   help="default: top_k (fixed for a model without a router)")
-    p.add_argument("--expert", type=int, help="with --routing fixed")
-    p.add_argument("--schedule", help="comma-separated expert per step (with --routing schedule)")
-    p.add_argument("--speed", choices=[s.value for s in Speed], help="speed preset (default: the model's)")
-    p.add_argument("--guidance-interval", help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
+
+
+def _flag_options(f: RequestField) -> dict:
+    if not f.flag.startswith("-"):
+        return {}  # positional: the prompt
+    options: dict = {"help": f.help}
+    if f.file:
+        options["type"] = Path
+    elif f.type is bool:
+        options.update(action="store_true", default=None)  # None, not False: the model's default
+    elif choices(f.type):
+        options["choices"] = choices(f.type)
+    elif f.type in (int, float):
+        options["type"] = f.type
+    return options  # str, and lists (comma-separated text, parsed by request_values)
+
+
+def _dest(f: RequestField) -> str:
+    return f.flag.lstrip("-").replace("-", "_")
+
+
+def request_values(args) -> dict[str, object]:
+    """The request's fields from the parsed flags, by field name (None: not given; a file field is
+    still its path). ValueError, naming the flag, for a list that does not parse."""
+    values = {}
+    for f in REQUEST_FIELDS:
+        value = getattr(args, _dest(f))
+        if f.listed:
+            try:
+                value = f.parse(value) if value else None
+            except ValueError as exc:
+                raise ValueError(f"{f.flag}: {exc}") from None
+        values[f.name] = value
+    return values
 
 
 def run_generate(args) -> int:
@@ -60,17 +78,13 @@ def run_generate(args) -> int:
     from .request import GenerationRequest, resolve
 
     try:
-        image = Image.open(args.image) if args.image else None
-        schedule = [int(x) for x in args.schedule.split(",")] if args.schedule else None
-        interval = [float(x) for x in args.guidance_interval.split(",")] if args.guidance_interval else None
+        values = request_values(args)
+        path = values.pop("image")
+        image = Image.open(path) if path else None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    request = GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, num_frames=args.frames, size=args.size,
-        fps=args.fps, num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
-        guidance_oscillation=args.oscillate, seed=args.seed, top_k=args.top_k, routing=args.routing, expert=args.expert,
-        expert_schedule=schedule, speed=args.speed, guidance_interval=interval)
+    request = GenerationRequest(**values, image=image)
     try:  # a bad request is told before the model loads (seconds) or a progress bar is drawn
         resolve(read_manifest(args.model), request)
     except InvalidRequest as exc:

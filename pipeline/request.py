@@ -9,13 +9,15 @@ encodes, so nothing here can apply it twice.
 import dataclasses
 import json
 import random
+import typing
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from PIL import Image
 
 from .errors import InvalidRequest
 from .manifest import Manifest, parse_size
+from .request_fields import param, request_fields
 from .speed import PRESETS, Speed
 
 MAX_SEED = 2**63 - 1
@@ -30,23 +32,34 @@ class RoutingMode(StrEnum):
 
 @dataclass
 class GenerationRequest:
-    prompt: str
-    negative_prompt: str | None = None
-    image: Image.Image | None = None
-    num_frames: int | None = None
-    size: str | None = None
-    fps: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    guidance_oscillation: bool | None = None
-    seed: int | None = None
-    top_k: int | None = None
-    routing: RoutingMode | str | None = None  # None: the model's default (top_k; fixed without a router)
-    expert: int | None = None
-    expert_schedule: list[int] | None = None
-    speed: Speed | str | None = None
-    guidance_interval: tuple[float, float] | list[float] | None = None
+    """What a caller asks for; None: the model's default. Each field is declared once, here: its
+    `param` says how the HTTP body, the CLI flags and the client spell it (pipeline/request_fields.py),
+    and `resolve` below gives it its meaning. The order is the HTTP body's (a 400 names the first
+    invalid field)."""
+
+    prompt: str = param(required=True, flag="prompt")
+    image: Image.Image | None = param(flag="--image", help="first frame (image-to-video)", file=True)
+    num_frames: int | None = param(flag="--frames")
+    size: str | None = param(help="WIDTHxHEIGHT")
+    seed: int | None = param()
+    negative_prompt: str | None = param()
+    num_inference_steps: int | None = param(flag="--steps")
+    guidance_scale: float | None = param(flag="--guidance")
+    image_guidance_scale: float | None = param(flag="--image-guidance")
+    guidance_oscillation: bool | None = param(flag="--oscillate", help="guidance oscillation")
+    fps: int | None = param()
+    top_k: int | None = param()
+    routing: RoutingMode | str | None = param(help="default: top_k (fixed for a model without a router)")
+    expert: int | None = param(help="with --routing fixed")
+    expert_schedule: list[int] | None = param(flag="--schedule", listed="comma-separated expert indices, e.g. '0,2,1'",
+                                              help="comma-separated expert per step (with --routing schedule)")
+    speed: Speed | str | None = param(help="speed preset (default: the model's)")
+    guidance_interval: list[float] | tuple[float, float] | None = param(
+        listed="two comma-separated numbers, e.g. '0.1,0.8'",
+        help="T_LOW,T_HIGH: the unconditional branches run only while t is inside")
+
+
+REQUEST_FIELDS = request_fields(GenerationRequest)
 
 
 @dataclass
@@ -88,21 +101,27 @@ class ResolvedRequest:
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "image"}
-        return json.dumps({**fields, "routing": str(self.routing), "speed": str(self.speed), "has_image": self.has_image})
+        return json.dumps({**fields, "has_image": self.has_image})  # enums as their values
 
     @classmethod
     def from_json(cls, text: str, image: Image.Image | None = None) -> "ResolvedRequest":
         """The request `to_json` wrote; `image` is its first frame, read back from the artifact
-        store (it must be given exactly when the request had one)."""
+        store (it must be given exactly when the request had one). Fields it lacks (queued before
+        they existed) take their defaults."""
         data = json.loads(text)
         if data.pop("has_image") != (image is not None):
             raise ValueError("the first frame must be given exactly when the request had one")
-        data["routing"] = RoutingMode(data["routing"])
-        if "speed" in data:
-            data["speed"] = Speed(data["speed"])
-        if "guidance_interval" in data:
-            data["guidance_interval"] = tuple(data["guidance_interval"])
-        return cls(**data, image=image)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _from_json(hints.get(name), value) for name, value in data.items()}, image=image)
+
+
+def _from_json(annotation, value):
+    """A field's JSON value as its type: an enum from its value, a tuple from a list."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation(value)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(value)
+    return value
 
 
 def _check(ok: bool, param: str, message: str) -> None:

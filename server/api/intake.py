@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.errors import InvalidRequest
 from pipeline.manifest import Limits, Manifest
-from pipeline.request import GenerationRequest, ResolvedRequest, RoutingMode, resolve
+from pipeline.request import REQUEST_FIELDS, GenerationRequest, ResolvedRequest, RoutingMode, resolve
 
 from server.errors import APIError
 from .schemas import CreateVideo
@@ -28,13 +28,8 @@ def resolve_create(body: CreateVideo, image: Image.Image | None, manifest: Manif
         num_frames = frames_for_seconds(body.seconds, fps if fps > 0 else 1, manifest.limits)
     routing = body.routing or (RoutingMode.SCHEDULE if body.expert_schedule else
                                RoutingMode.FIXED if body.expert is not None else None)
-    request = GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, image=image, num_frames=num_frames,
-        size=body.size, fps=body.fps, num_inference_steps=body.num_inference_steps,
-        guidance_scale=body.guidance_scale, image_guidance_scale=body.image_guidance_scale,
-        guidance_oscillation=body.guidance_oscillation, seed=body.seed, top_k=body.top_k, routing=routing,
-        expert=body.expert, expert_schedule=body.expert_schedule, speed=body.speed,
-        guidance_interval=body.guidance_interval)
+    given = {f.name: getattr(body, f.name) for f in REQUEST_FIELDS if not f.file}  # as the body has them
+    request = GenerationRequest(**(given | {"num_frames": num_frames, "routing": routing, "image": image}))
     try:
         return resolve(manifest, request)
     except InvalidRequest as exc:

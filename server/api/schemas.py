@@ -4,67 +4,48 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from pipeline.manifest import Manifest
-from pipeline.request import RoutingMode
+from pipeline.request import REQUEST_FIELDS
+from pipeline.request_fields import takes_numbers
 from pipeline.speed import Speed
 
 from server.queue.jobs import Job, JobStatus
 
 
-class CreateVideo(BaseModel):
-    """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
+class _BodyRules(BaseModel):
+    """What every field of the `POST /v1/videos` body obeys."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # Infinity, NaN, "inf": 400 naming the field
-    prompt: str
-    model: str | None = None
-    seconds: float | None = Field(default=None, gt=0)
-    num_frames: int | None = None
-    size: str | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    guidance_oscillation: bool | None = None
-    fps: int | None = None
-    top_k: int | None = None
-    routing: RoutingMode | None = None
-    expert: int | None = None
-    expert_schedule: list[int] | None = None
-    speed: Speed | None = None
-    guidance_interval: list[float] | None = None
-    webhook_url: str | None = None  # https receiver of this job's video.completed / video.failed
 
-    @field_validator("seconds", "num_frames", "seed", "num_inference_steps", "guidance_scale", "image_guidance_scale",
-                     "fps", "top_k", "expert", "expert_schedule", "guidance_interval", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _not_a_bool(cls, v):
+    def _typed(cls, v, info: ValidationInfo):
         # pydantic's lax mode reads true as 1: `num_frames: true` would make a 1-frame video
-        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+        if takes_numbers(cls.model_fields[info.field_name].annotation) and (
+                isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v))):
             raise ValueError("must be a number, not true or false")
+        listed = _LISTED.get(info.field_name)
+        if listed is not None and isinstance(v, str):  # "0,2,1" (multipart) -> [0, 2, 1]
+            return listed.parse(v)
         return v
 
-    @field_validator("guidance_interval", mode="before")
-    @classmethod
-    def _interval(cls, v):
-        if isinstance(v, str):  # "0.1,0.8" (multipart) -> [0.1, 0.8]
-            try:
-                return [float(x) for x in v.replace(" ", "").split(",") if x != ""]
-            except ValueError:
-                raise ValueError("guidance_interval must be two comma-separated numbers, e.g. '0.1,0.8'") from None
-        return v
 
-    @field_validator("expert_schedule", mode="before")
-    @classmethod
-    def _schedule(cls, v):
-        if isinstance(v, str):  # "0,1,2" (multipart) -> [0, 1, 2]
-            try:
-                return [int(x) for x in v.replace(" ", "").split(",") if x != ""]
-            except ValueError:
-                raise ValueError("expert_schedule must be comma-separated expert indices, e.g. '0,2,1'") from None
-        return v
+_LISTED = {f.name: f for f in REQUEST_FIELDS if f.listed}
+
+
+def _create_video_fields() -> dict:
+    """GenerationRequest's fields (pipeline/request.py) and the API's own: `model`, `seconds` (instead
+    of num_frames) and `webhook_url` (an https receiver of this job's video.completed / video.failed).
+    The first frame is an upload (`input_reference`), not a field."""
+    fields = {f.name: (f.body_type, ... if f.required else None) for f in REQUEST_FIELDS if not f.file}
+    return {"prompt": fields.pop("prompt"), "model": (str | None, None),
+            "seconds": (float | None, Field(default=None, gt=0)), **fields, "webhook_url": (str | None, None)}
+
+
+class CreateVideo(create_model("CreateVideoFields", __base__=_BodyRules, **_create_video_fields())):
+    """`POST /v1/videos` fields; multipart form values arrive as strings and are coerced."""
 
 
 class VideoError(BaseModel):
