@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from string import Template
 
 import redis.asyncio
 
@@ -70,19 +71,20 @@ class EventType(StrEnum):
 TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 # KEYS: stream, guard ; ARGV: maxlen, ttl_s, type, data, guard n, guard pairs...
-_PUBLISH = GUARD_LUA + """
+# Nothing follows a terminal event (its words filled in from EventType).
+_PUBLISH = GUARD_LUA + Template("""
 if not guard_ok(KEYS[2], tonumber(ARGV[5]), 6) then return false end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if last then
   local f = last[2]
   for i = 1, #f, 2 do
-    if f[i] == 'type' and (f[i + 1] == 'completed' or f[i + 1] == 'failed') then return false end
+    if f[i] == 'type' and (f[i + 1] == '$COMPLETED' or f[i + 1] == '$FAILED') then return false end
   end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return id
-"""
+""").substitute(COMPLETED=EventType.COMPLETED, FAILED=EventType.FAILED)
 
 
 @dataclass(frozen=True)
