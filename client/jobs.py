@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .api import DEFAULT_SERVER, ParisClient
@@ -74,22 +75,22 @@ def cmd_list(args) -> int:
     return run_reporting("list", args.server, run)
 
 
-def cmd_cancel(args) -> int:
+def _change(args, command: str, call: Callable[[ParisClient], dict], line: Callable[[dict], str]) -> int:
+    """One change to a video (cancel, delete): the server's reply as JSON with --json, else one line."""
     def run() -> int:
         with _client(args) as client:
-            video = client.cancel(args.id)
-        print_json(video) if args.json else print(summary(video))
+            reply = call(client)
+        print_json(reply) if args.json else print(line(reply))
         return OK
-    return run_reporting("cancel", args.server, run)
+    return run_reporting(command, args.server, run)
+
+
+def cmd_cancel(args) -> int:
+    return _change(args, "cancel", lambda client: client.cancel(args.id), summary)
 
 
 def cmd_delete(args) -> int:
-    def run() -> int:
-        with _client(args) as client:
-            deleted = client.delete(args.id)
-        print_json(deleted) if args.json else print(f"{deleted['id']}  deleted")
-        return OK
-    return run_reporting("delete", args.server, run)
+    return _change(args, "delete", lambda client: client.delete(args.id), lambda deleted: f"{deleted['id']}  deleted")
 
 
 def cmd_download(args) -> int:

@@ -18,6 +18,7 @@ from pipeline.manifest import read_manifest
 from server.storage import open_artifacts
 from .auth import KeyRing
 from .browser_guard import BrowserGuard, default_hosts
+from .creation import JobCreation
 from .dependencies import Services
 from server.process.embedded import EmbeddedValkey
 from server.notify.events import EventFeed
@@ -87,15 +88,18 @@ def create_app(settings: Settings, redis_url: str | None = None, valkey: Embedde
     app = FastAPI(title="Paris DDM video server", version="0.1.0", lifespan=lifespan, redirect_slashes=False, **docs)
     limits = ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
                          max_side=settings.max_image_side, max_aspect_ratio=settings.max_image_aspect_ratio)
+    image_slots = ImageSlots(settings.image_decode_concurrency)
     app.state.services = Services(settings=settings, manifest=manifest, store=store, artifacts=artifacts,
                                   keys=keys, registry=registry,
                                   operators=KeyRing([], settings.operator_key_hashes),
                                   started_at=int(time.time()), image_limits=limits,
-                                  image_slots=ImageSlots(settings.image_decode_concurrency), valkey=valkey,
+                                  image_slots=image_slots, valkey=valkey,
                                   webhooks=webhooks, event_reader=event_reader, event_feed=event_feed,
                                   stream_slots=StreamSlots(settings.max_event_streams_per_key,
                                                            settings.max_event_streams),
-                                  trusted_proxies=parse_networks(settings.trusted_proxies))
+                                  trusted_proxies=parse_networks(settings.trusted_proxies),
+                                  creation=JobCreation(settings, manifest, store, artifacts, webhooks, image_slots,
+                                                       limits))
     install_handlers(app)
     app.add_middleware(BrowserGuard, allowed_hosts=None if keys.enabled else
                        frozenset(h.lower() for h in settings.allowed_hosts) or default_hosts(settings.host))

@@ -15,6 +15,7 @@ from pipeline.manifest import Manifest
 
 from server.storage import ArtifactStore
 from .auth import KeyRing
+from .creation import JobCreation
 from server.process.embedded import EmbeddedValkey
 from server.notify.events import EventFeed
 from server.process.settings import Settings
@@ -44,6 +45,7 @@ class Services:
     event_feed: EventFeed              # /events: the process's one blocking read, waking the streams
     stream_slots: StreamSlots          # /events: open streams per tenant and in all
     trusted_proxies: tuple[IPNetwork, ...]  # whose X-Forwarded-For names the client (server/api/tenants.py)
+    creation: JobCreation              # POST /v1/videos's work (server/api/creation.py)
 
 
 def get_services(request: Request) -> Services:

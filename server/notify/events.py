@@ -38,11 +38,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from string import Template
 
 import redis.asyncio
 
 from server.queue.guard import GUARD_LUA, UNGUARDED, Guard
-from server.queue.jobs import JobStatus, events_key
+from server.queue.jobs import JobStatus, Keys
 
 MAXLEN = 1000            # per job; a 1000-step job keeps its latest ~1000 events
 log = logging.getLogger("paris.api")
@@ -70,19 +71,20 @@ class EventType(StrEnum):
 TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 # KEYS: stream, guard ; ARGV: maxlen, ttl_s, type, data, guard n, guard pairs...
-_PUBLISH = GUARD_LUA + """
+# Nothing follows a terminal event (its words filled in from EventType).
+_PUBLISH = GUARD_LUA + Template("""
 if not guard_ok(KEYS[2], tonumber(ARGV[5]), 6) then return false end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if last then
   local f = last[2]
   for i = 1, #f, 2 do
-    if f[i] == 'type' and (f[i + 1] == 'completed' or f[i + 1] == 'failed') then return false end
+    if f[i] == 'type' and (f[i + 1] == '$COMPLETED' or f[i + 1] == '$FAILED') then return false end
   end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return id
-"""
+""").substitute(COMPLETED=EventType.COMPLETED, FAILED=EventType.FAILED)
 
 
 @dataclass(frozen=True)
@@ -116,18 +118,19 @@ class JobView:
 class JobEvents:
     def __init__(self, prefix: str = "paris", ttl_s: int = 24 * 3600):
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.ttl_s = ttl_s
 
     def publish(self, pipe, job_id: str, event_type: EventType, data: dict, guard: Guard = UNGUARDED) -> None:
         """Queue the append on `pipe` (a sync or asyncio pipeline; with a plain sync client it runs
         at once). With a guard, the event is written only if the guard holds at that point."""
-        pipe.eval(_PUBLISH, 2, events_key(self.prefix, job_id), guard.key, MAXLEN, self.ttl_s,
+        pipe.eval(_PUBLISH, 2, self.keys.events(job_id), guard.key, MAXLEN, self.ttl_s,
                   EventType(event_type).value, json.dumps(data, separators=(",", ":")), *guard.args())
 
     async def read(self, client: redis.asyncio.Redis, job_id: str, after_id: str = "0-0",
                    block_ms: int | None = None, count: int = 100) -> list[JobEvent]:
         """Events after `after_id`, oldest first; waits up to block_ms for the first one."""
-        reply = await client.xread({events_key(self.prefix, job_id): after_id}, count=count, block=block_ms)
+        reply = await client.xread({self.keys.events(job_id): after_id}, count=count, block=block_ms)
         return [JobEvent(entry_id, EventType(fields["type"]), json.loads(fields["data"]))
                 for _, entries in reply for entry_id, fields in entries]
 
@@ -249,7 +252,7 @@ class EventFeed:
 
     async def _run(self) -> None:
         while self._followers:
-            keys = {events_key(self.events.prefix, job): cursor for job, cursor in self._cursors.items()}
+            keys = {self.events.keys.events(job): cursor for job, cursor in self._cursors.items()}
             try:
                 reply = await self.client.xread(keys, count=100, block=self.block_ms)
                 self._failing = False

@@ -38,6 +38,16 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
+class Enqueued(StrEnum):
+    """What JobQueue.enqueue did with a new job (the ENQUEUE script returns these words)."""
+
+    CREATED = "created"
+    EXISTING = "existing"  # its Idempotency-Key already names a job made from the same request
+    CONFLICT = "conflict"  # its Idempotency-Key names a job made from another request
+    LIMIT = "limit"        # its owner (or client address) has max_active jobs queued or running
+    BUSY = "busy"          # max_queued jobs wait already (the server-wide admission limit)
+
+
 def new_job_id() -> str:
     return "video_" + secrets.token_hex(16)
 
@@ -103,33 +113,25 @@ class Keys:
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"
 
+    def events(self, job_id: str) -> str:  # a job's event log, a capped stream (server/notify/events.py)
+        return f"{self.prefix}:events:{job_id}"
 
-
-def events_key(prefix: str, job_id: str) -> str:  # a job's event log, a capped stream (server/notify/events.py)
-    return f"{prefix}:events:{job_id}"
-
-
-@dataclass(frozen=True)
-class OutboxKeys:
-    """The webhook outbox's keys (server/notify/webhooks/outbox.py), under the same prefix."""
-
-    prefix: str
-
+    # the webhook outbox (server/notify/webhooks/outbox.py)
     @property
-    def due(self) -> str:
+    def webhook_due(self) -> str:  # ZSET of delivery ids by the time (ms) they may next be claimed
         return f"{self.prefix}:webhook:due"
 
     @property
-    def delivery_prefix(self) -> str:
+    def webhook_delivery_prefix(self) -> str:
         return f"{self.prefix}:webhook:delivery:"
 
-    def delivery(self, delivery_id: str) -> str:
-        return self.delivery_prefix + delivery_id
+    def webhook_delivery(self, delivery_id: str) -> str:  # hash of one delivery's state
+        return self.webhook_delivery_prefix + delivery_id
 
-    def attempts(self, delivery_id: str) -> str:
+    def webhook_attempts(self, delivery_id: str) -> str:  # LIST of its attempts (JSON)
         return f"{self.prefix}:webhook:attempts:{delivery_id}"
 
-    def job(self, job_id: str) -> str:
+    def webhook_job(self, job_id: str) -> str:  # LIST of a job's delivery ids
         return f"{self.prefix}:webhook:job:{job_id}"
 
 

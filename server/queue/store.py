@@ -28,15 +28,17 @@ State machine (every transition is one Lua script, so it is atomic):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from string import Template
 from typing import Literal, NamedTuple, Self
 
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from .jobs import GROUP, Job, JobStatus, Keys, decode, hash_args
+from .jobs import GROUP, Enqueued, Job, JobStatus, Keys, decode, hash_args
 from .metrics import Metrics
 from server.notify.notices import JobNotices
 
@@ -45,17 +47,31 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
+
+# The words the scripts share with Python, from the job vocabulary (server/queue/jobs.py): $QUEUED and
+# the other statuses (JobStatus), $CREATED and the other enqueue outcomes (Enqueued), $CANCELLED (the
+# cancelled error code) and $<field> for a field of the job hash. A name the vocabulary lacks (a
+# renamed field, a typo) fails at import, not in Redis; `$$` is a literal `$`.
+_WORDS = ({word.name: word.value for word in (*JobStatus, *Enqueued)} | {"CANCELLED": CANCELLED[0]}
+          | {field.name: field.name for field in dataclasses.fields(Job)})
+
+
+def _lua(source: str) -> str:
+    return Template(source).substitute(_WORDS)
+
+
 # Shared Lua helper: finish a job (status, timestamps, expiry, active set, ack).
 # KEYS: job, stream, owner_active, expiry.  Uses ARGV_now, ARGV_ttl, ARGV_group provided by caller.
 _FINISH = """
 local function finish(job, stream, active, expiry, id, status, now, ttl, group, extra)
-  local entry = redis.call('HGET', job, 'entry_id')
+  local entry = redis.call('HGET', job, '$entry_id')
   local expires = math.floor(now / 1000) + ttl
-  redis.call('HSET', job, 'status', status, 'completed_at', math.floor(now / 1000), 'expires_at', expires)
+  redis.call('HSET', job, '$status', status, '$completed_at', math.floor(now / 1000), '$expires_at', expires)
   if #extra > 0 then redis.call('HSET', job, unpack(extra)) end
   redis.call('SREM', active, id)
   redis.call('ZADD', expiry, expires, id)
-  redis.call('HDEL', job, 'worker')
+  redis.call('HDEL', job, '$worker')
   if entry then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
@@ -65,9 +81,9 @@ end
 
 # The fence check every write of a running job's worker makes (progress, lease renewal, release,
 # requeue, settle): the worker still holds the job (its fence is current) and the job still runs.
-_HOLDS = f"""
+_HOLDS = """
 local function holds(job, fence)
-  return redis.call('HGET', job, 'fence') == fence and redis.call('HGET', job, 'status') == '{JobStatus.IN_PROGRESS}'
+  return redis.call('HGET', job, '$fence') == fence and redis.call('HGET', job, '$status') == '$IN_PROGRESS'
 end
 """
 
@@ -78,29 +94,29 @@ end
 # same script, so a DELETE racing the POST cannot leave the API holding an id with no job.
 # The limit set is owner_active, or a per-client-address set (no API keys) that the finish scripts
 # do not know about: jobs in it that finished or were deleted are forgotten here.
-ENQUEUE = """
+ENQUEUE = _lua("""
 if KEYS[7] ~= '' then
   local ex = redis.call('GET', KEYS[7])
   if ex then
-    local id, fingerprint = string.match(ex, '^(%S+) ?(%S*)$')
+    local id, fingerprint = string.match(ex, '^(%S+) ?(%S*)$$')
     local job = redis.call('HGETALL', ARGV[5] .. id)
     if #job > 0 then
-      if fingerprint ~= '' and fingerprint ~= ARGV[6] then return {'conflict', id} end  -- '': a key from before fingerprints
-      return {'existing', id, job}
+      if fingerprint ~= '' and fingerprint ~= ARGV[6] then return {'$CONFLICT', id} end  -- '': a key from before fingerprints
+      return {'$EXISTING', id, job}
     end
   end
 end
 if KEYS[8] ~= KEYS[6] then
   for _, member in ipairs(redis.call('SMEMBERS', KEYS[8])) do
-    local status = redis.call('HGET', ARGV[5] .. member, 'status')
-    if status ~= 'queued' and status ~= 'in_progress' then redis.call('SREM', KEYS[8], member) end
+    local status = redis.call('HGET', ARGV[5] .. member, '$status')
+    if status ~= '$QUEUED' and status ~= '$IN_PROGRESS' then redis.call('SREM', KEYS[8], member) end
   end
 end
 if tonumber(ARGV[2]) > 0 and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[2]) then
-  return {'limit', ''}
+  return {'$LIMIT', ''}
 end
 if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
-  return {'busy', ''}
+  return {'$BUSY', ''}
 end
 local id = ARGV[1]
 local fields = {}
@@ -115,102 +131,97 @@ if KEYS[8] ~= KEYS[6] then
 end
 if KEYS[7] ~= '' then redis.call('SET', KEYS[7], id .. ' ' .. ARGV[6], 'EX', ARGV[4]) end
 local entry = redis.call('XADD', KEYS[2], '*', 'job', id)
-redis.call('HSET', KEYS[1], 'entry_id', entry)
-return {'created', id}
-"""
+redis.call('HSET', KEYS[1], '$entry_id', entry)
+return {'$CREATED', id}
+""")
 
 # KEYS: job, stream, queued, expiry, active_prefix
 # ARGV: id, entry, worker, now, ttl, group, max_attempts
-CLAIM = _FINISH + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or (status ~= 'queued' and status ~= 'in_progress') then
+CLAIM = _lua(_FINISH + """
+local status = redis.call('HGET', KEYS[1], '$status')
+if not status or (status ~= '$QUEUED' and status ~= '$IN_PROGRESS') then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
   return {'skip', 0, 0}
 end
-local owner = redis.call('HGET', KEYS[1], 'owner')
+local owner = redis.call('HGET', KEYS[1], '$owner')
 local active = KEYS[5] .. owner .. ':active'
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+local attempts = redis.call('HINCRBY', KEYS[1], '$attempts', 1)
+local fence = redis.call('HINCRBY', KEYS[1], '$fence', 1)
 redis.call('ZREM', KEYS[3], ARGV[1])
 if attempts > tonumber(ARGV[7]) then
-  finish(KEYS[1], KEYS[2], active, KEYS[4], ARGV[1], 'failed', tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
-    {'error_code', 'max_attempts_exceeded',
-     'error_message', 'The job was started ' .. (attempts - 1) .. ' times and its worker stopped each time; giving up.'})
+  finish(KEYS[1], KEYS[2], active, KEYS[4], ARGV[1], '$FAILED', tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
+    {'$error_code', 'max_attempts_exceeded',
+     '$error_message', 'The job was started ' .. (attempts - 1) .. ' times and its worker stopped each time; giving up.'})
   return {'exhausted', fence, attempts}
 end
-redis.call('HSET', KEYS[1], 'status', 'in_progress', 'worker', ARGV[3], 'progress', 0, 'step', 0)
+redis.call('HSET', KEYS[1], '$status', '$IN_PROGRESS', '$worker', ARGV[3], '$progress', 0, '$step', 0)
 return {'claimed', fence, attempts, unpack(redis.call('HGETALL', KEYS[1]))}  -- the claimed job's record
-"""
+""")
 
 # KEYS: job ; ARGV: fence, field, value, ...
-PROGRESS = _HOLDS + """
+PROGRESS = _lua(_HOLDS + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 return 1
-"""
+""")
 
 # KEYS: job, stream ; ARGV: fence, group, consumer, entry
-RENEW = _HOLDS + """
+RENEW = _lua(_HOLDS + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
-"""
+""")
 
 # KEYS: job, stream ; ARGV: fence, group, consumer, entry, idle_ms
-RELEASE = _HOLDS + """
+RELEASE = _lua(_HOLDS + """
 if not holds(KEYS[1], ARGV[1]) then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
 return 1
-"""
+""")
 
 # KEYS: job, stream, queued, owner_active, expiry
 # ARGV: id, fence, group, consumer, entry, idle_ms, max_requeues, now, ttl
-REQUEUE = _HOLDS + _FINISH + """
+REQUEUE = _lua(_HOLDS + _FINISH + """
 if not holds(KEYS[1], ARGV[2]) then return 0 end
-local requeues = redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+local requeues = redis.call('HINCRBY', KEYS[1], '$requeues', 1)
 if requeues > tonumber(ARGV[7]) then
-  finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[3],
-    {'error_code', 'storage_unavailable',
-     'error_message', "The video could not be stored: the server's storage failed " .. (requeues - 1) .. " times."})
+  finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], '$FAILED', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[3],
+    {'$error_code', 'storage_unavailable',
+     '$error_message', "The video could not be stored: the server's storage failed " .. (requeues - 1) .. " times."})
   return 2
 end
-redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- an infrastructure fault does not use up the job's attempts
-redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', 0, 'step', 0)
-redis.call('HDEL', KEYS[1], 'worker')
+redis.call('HINCRBY', KEYS[1], '$attempts', -1)  -- an infrastructure fault does not use up the job's attempts
+redis.call('HSET', KEYS[1], '$status', '$QUEUED', '$progress', 0, '$step', 0)
+redis.call('HDEL', KEYS[1], '$worker')
 redis.call('ZADD', KEYS[3], 0, ARGV[1])  -- it was first in line when it was claimed
 redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[5], 'IDLE', ARGV[6], 'JUSTID')  -- any worker may take it now
 return 1
-"""
+""")
 
 # KEYS: job, stream, owner_active, expiry ; ARGV: id, fence, status, now, ttl, group, field, value, ...
-SETTLE = _HOLDS + _FINISH + """
+SETTLE = _lua(_HOLDS + _FINISH + """
 if not holds(KEYS[1], ARGV[2]) then return 0 end
 local extra = {}
 for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], extra)
 return 1
-"""
+""")
 
 # KEYS: job, stream, queued, owner_active, expiry ; ARGV: id, now, ttl, group, message
-CANCEL = _FINISH + """
-local status = redis.call('HGET', KEYS[1], 'status')
+CANCEL = _lua(_FINISH + """
+local status = redis.call('HGET', KEYS[1], '$status')
 if not status then return '' end
-if status == 'queued' or status == 'in_progress' then
+if status == '$QUEUED' or status == '$IN_PROGRESS' then
   redis.call('ZREM', KEYS[3], ARGV[1])
-  finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], 'failed', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
-    {'error_code', 'cancelled', 'error_message', ARGV[5], 'cancelled_at_step',
-     redis.call('HGET', KEYS[1], 'step') or '0'})
+  finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], '$FAILED', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4],
+    {'$error_code', '$CANCELLED', '$error_message', ARGV[5], '$cancelled_at_step',
+     redis.call('HGET', KEYS[1], '$step') or '0'})
 end
 return status
-"""
-
-
-Enqueued = Literal["created", "existing", "conflict", "limit", "busy"]
-
-CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
+""")
 
 
 @dataclass(frozen=True)
@@ -291,21 +302,14 @@ class StepReport:
 
 
 class _Store:
-    """What both sides share: the connection, the keys, the scripts, a job's record."""
+    """What both sides share: the connection, the keys, a job's record. Each side registers the
+    scripts it runs."""
 
     def __init__(self, client: redis.Redis, prefix: str = "paris"):
         self.redis = client
         self.keys = Keys(prefix)
         self.metrics = Metrics(client, self.keys.metrics)
         self.notices = JobNotices(client, prefix)
-        self._enqueue = client.register_script(ENQUEUE)
-        self._claim = client.register_script(CLAIM)
-        self._progress = client.register_script(PROGRESS)
-        self._renew = client.register_script(RENEW)
-        self._release = client.register_script(RELEASE)
-        self._requeue = client.register_script(REQUEUE)
-        self._settle = client.register_script(SETTLE)
-        self._cancel = client.register_script(CANCEL)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "paris") -> Self:
@@ -333,13 +337,18 @@ class _Store:
 class JobQueue(_Store):
     """The API's side: enqueue, read, list, cancel and delete jobs; the queue's gauges."""
 
+    def __init__(self, client: redis.Redis, prefix: str = "paris"):
+        super().__init__(client, prefix)
+        self._enqueue = client.register_script(ENQUEUE)
+        self._cancel = client.register_script(CANCEL)
+
     def enqueue(self, job: Job, *, max_active: int = 0, idempotency_key: str | None = None, fingerprint: str = "-",
                 idem_ttl_s: int = 86400, client: str | None = None, max_queued: int = 0
                 ) -> tuple[Enqueued, Job | None]:
-        """The outcome and the job it concerns: `job` itself when created, the job the
-        Idempotency-Key already names (as it was when read) when 'existing', None for 'conflict'
-        (the key names a job made from another request, `fingerprint` differs), 'limit' (the
-        owner's active jobs) and 'busy' (`max_queued` jobs wait already).
+        """The outcome and the job it concerns: `job` itself when CREATED, the job the
+        Idempotency-Key already names (as it was when read) when EXISTING, None for CONFLICT
+        (the key names a job made from another request, `fingerprint` differs), LIMIT (the
+        owner's active jobs) and BUSY (`max_queued` jobs wait already).
         `client` (an address) counts the limit per client instead of per owner."""
         k = self.keys
         idem = k.idempotency(job.owner, idempotency_key) if idempotency_key else ""
@@ -349,14 +358,14 @@ class JobQueue(_Store):
                   k.client_active(client) if client else active],
             args=[job.id, max_active, now_ms(), idem_ttl_s, k.job_prefix, fingerprint, max_queued,
                   *(x for field in job.to_hash().items() for x in field)])
-        outcome: Enqueued = out[0]
-        if outcome == "created":
+        outcome = Enqueued(out[0])
+        if outcome is Enqueued.CREATED:
             self.metrics.count("jobs_created_total")
             position = self.queue_position(job.id)
             if position is not None:
                 self.notices.queued(self.redis, k.job(job.id), job.id, position)
             return outcome, job
-        if outcome == "existing":
+        if outcome is Enqueued.EXISTING:
             return outcome, Job.from_hash(dict(zip(out[2][::2], out[2][1::2], strict=True)))
         return outcome, None
 
@@ -432,6 +441,15 @@ class JobQueue(_Store):
 
 class WorkerStore(_Store):
     """A worker's side: read and claim entries, report steps, hold leases, settle or requeue."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "paris"):
+        super().__init__(client, prefix)
+        self._claim = client.register_script(CLAIM)
+        self._progress = client.register_script(PROGRESS)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._requeue = client.register_script(REQUEUE)
+        self._settle = client.register_script(SETTLE)
 
     def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
         """XREADGROUP up to `count` new entries; returns (entry_id, job_id)."""

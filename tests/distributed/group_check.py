@@ -21,7 +21,7 @@ from pipeline.distributed.group import DEFAULT_TIMEOUT_S, GroupFailed, join_grou
 from pipeline.distributed.launch import end_ranks, serve_rank, start_ranks
 from pipeline.distributed.runner import GroupRunner
 from pipeline.engine import Engine
-from pipeline.generate import GenerationFailed
+from pipeline.generate import generate_batch
 from pipeline.loader import load_model, quiet_library_logging
 from pipeline.request import GenerationRequest, resolve
 from pipeline.results import Failed, Finished
@@ -50,20 +50,8 @@ def jobs(speed: str, steps: int, count: int = 4) -> list[GenerationRequest]:
 
 
 def run_jobs(engine: Engine, requests) -> list[np.ndarray]:
-    """Every request's frames, admitted as slots free (as generate_batch does, on a given engine)."""
-    resolved = [resolve(engine.model.manifest, r) for r in requests]
-    queue, frames = list(enumerate(resolved)), {}
-    while queue or engine.has_work:
-        while queue and engine.free_slots > 0:
-            index, request = queue.pop(0)
-            engine.admit(str(index), request)
-        for event in engine.tick():
-            match event:
-                case Finished(job_id=job_id, result=result):
-                    frames[int(job_id)] = result.frames
-                case Failed(job_id=job_id, message=message):
-                    raise GenerationFailed(f"request {job_id}: {message}")
-    return [frames[i] for i in range(len(requests))]
+    """Every request's frames, on the given engine (alone, or through the group's runner)."""
+    return [result.frames for result in generate_batch(engine.model, requests, engine=engine)]
 
 
 def placements(world: int) -> dict[str, dict[str, tuple[int, ...]]]:

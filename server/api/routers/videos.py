@@ -10,18 +10,16 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ..bodies import read_create_video
+from ..creation import Caller
 from ..dependencies import ArtifactsDep, Owner, ServicesDep, SettingsDep, StoreDep, Videos
 from server.errors import APIError
-from ..intake import fingerprint, resolve_create
-from server.queue.jobs import Job, JobStatus, new_job_id
+from server.queue.jobs import Job, JobStatus
 from ..schemas import Video, VideoDeleted, VideoList
 from server.queue.store import JobQueue
 from ..tenants import client_address, tenant
-from ..uploads import load_image
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 log = logging.getLogger("paris.api")
-BUSY_RETRY_AFTER_S = 5
 
 
 def _video(job: Job, store: JobQueue) -> Video:
@@ -32,43 +30,12 @@ def _video(job: Job, store: JobQueue) -> Video:
 @router.post("/videos", response_model=Video)
 async def create_video(request: Request, owner: Owner, services: ServicesDep,
                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
-    settings, store, artifacts = services.settings, services.store, services.artifacts
+    settings = services.settings
     body, image_bytes = await read_create_video(request, settings.max_upload_bytes, settings.body_timeout_s)
-    image = None
-    if image_bytes is not None:
-        image = await services.image_slots.run(load_image, image_bytes, services.image_limits)
-    resolved = resolve_create(body, image, services.manifest)
-    webhook_urls = await services.webhooks.urls_for(body.webhook_url, tenant(request, services, owner))
-    job = Job.new(new_job_id(), owner, services.manifest.name, resolved, webhook_urls)
-    if image is not None:
-        await services.image_slots.run(artifacts.write_input, job.id, image)
-    try:
-        outcome, found = await run_in_threadpool(
-            store.enqueue, job, max_active=settings.max_active_jobs_per_key, idempotency_key=idempotency_key,
-            fingerprint=fingerprint(body, image_bytes), idem_ttl_s=settings.job_ttl_s,
-            max_queued=settings.max_queued_jobs,
-            client=None if services.keys.enabled else client_address(request, services.trusted_proxies))
-    except BaseException:  # Redis down (503) or the client gone: no job owns the upload (issue 19, N7)
-        if image is not None:
-            await run_in_threadpool(artifacts.remove, job.id)
-        raise
-    if outcome != "created" and image is not None:
-        await run_in_threadpool(artifacts.remove, job.id)
-    if outcome == "busy":
-        raise APIError(429, f"The server's queue is full ({settings.max_queued_jobs} jobs waiting); try again "
-                            "shortly.", code="queue_full", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
-    if outcome == "limit":
-        who = "This key" if services.keys.enabled else "This client"
-        raise APIError(429, f"{who} already has {settings.max_active_jobs_per_key} queued or running jobs; "
-                            "wait for one to finish.", code="too_many_queued_jobs",
-                       headers={"Retry-After": str(max(1, settings.poll_after_ms // 1000 * 5))})
-    if outcome == "conflict":
-        raise APIError(409, "This Idempotency-Key was already used with a different request; send the same "
-                            "request to get its job, or use a new key.", code="idempotency_key_reused")
-    log.info(json.dumps({"event": "job_created" if outcome == "created" else "job_idempotent_hit", "job": found.id,
-                         "owner": owner, "frames": resolved.num_frames, "size": resolved.size,
-                         "steps": resolved.num_inference_steps}))
-    return await run_in_threadpool(_video, found, store)
+    client = None if services.keys.enabled else client_address(request, services.trusted_proxies)
+    caller = Caller(owner, tenant(request, services, owner), client, idempotency_key)
+    job = await services.creation.create(body, image_bytes, caller)
+    return await run_in_threadpool(_video, job, services.store)
 
 
 @router.get("/videos", response_model=VideoList)

@@ -12,12 +12,12 @@ may be called), sender (one pinned, bounded POST), outbox (Redis state), deliver
 """
 
 from .deliverer import Deliverer
-from .outbox import Outbox, OutboxKeys, RetryPolicy
+from .outbox import Outbox, RetryPolicy
 from .payloads import WebhookEvent, WebhookEventType, video_event
 from .sender import DeliveryError, Response, Timeouts, WebhookSender
 from .signing import WebhookSecret
 from .urls import RefusedURL, Target, UrlPolicy
 
-__all__ = ["Deliverer", "DeliveryError", "Outbox", "OutboxKeys", "RefusedURL", "Response", "RetryPolicy", "Target",
+__all__ = ["Deliverer", "DeliveryError", "Outbox", "RefusedURL", "Response", "RetryPolicy", "Target",
            "Timeouts", "UrlPolicy", "WebhookEvent", "WebhookEventType", "WebhookSecret", "WebhookSender",
            "video_event"]

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import redis
 
 from server.queue.guard import GUARD_LUA, UNGUARDED, Guard
-from server.queue.jobs import OutboxKeys
+from server.queue.jobs import Keys
 from .payloads import WebhookEvent
 
 
@@ -143,7 +143,7 @@ def _origin(url: str) -> str:
 class Outbox:
     def __init__(self, client: redis.Redis, prefix: str = "paris", retry: RetryPolicy = RetryPolicy()):
         self.r = client
-        self.keys = OutboxKeys(prefix)
+        self.keys = Keys(prefix)
         self.retry = retry
         self._claim = client.register_script(_CLAIM)
         self._record = client.register_script(_RECORD)
@@ -165,19 +165,19 @@ class Outbox:
         args = [now_ms, keep_s, event.id, event.video_id, str(event.type), event.body, len(unique), *guard.args()]
         for did, url in zip(ids, unique):
             args += [did, url]
-        pipe.eval(_ENQUEUE, 3 + len(ids), self.keys.due, self.keys.job(event.video_id), guard.key,
-                  *[self.keys.delivery(d) for d in ids], *args)
+        pipe.eval(_ENQUEUE, 3 + len(ids), self.keys.webhook_due, self.keys.webhook_job(event.video_id), guard.key,
+                  *[self.keys.webhook_delivery(d) for d in ids], *args)
 
     # ---- deliverer side ------------------------------------------------------------------------
     def claim(self, now_ms: int, limit: int) -> list[Claimed]:
         """Take up to `limit` due deliveries for one attempt each, leased for retry.lease_s."""
-        flat = self._claim(keys=[self.keys.due],
-                           args=[now_ms, int(self.retry.lease_s * 1000), limit, self.keys.delivery_prefix,
+        flat = self._claim(keys=[self.keys.webhook_due],
+                           args=[now_ms, int(self.retry.lease_s * 1000), limit, self.keys.webhook_delivery_prefix,
                                  self.retry.max_attempts, int(self.retry.max_age_s * 1000)])
         pairs = list(zip(flat[0::2], flat[1::2]))
         pipe = self.r.pipeline(transaction=False)
         for did, _ in pairs:
-            pipe.hgetall(self.keys.delivery(did))
+            pipe.hgetall(self.keys.webhook_delivery(did))
         out = []
         for (did, token), d in zip(pairs, pipe.execute()):
             out.append(Claimed(did, str(token), d["event_id"], d["job_id"], d["url"], d["body"].encode(),
@@ -187,20 +187,20 @@ class Outbox:
     def record(self, claimed: Claimed, now_ms: int, outcome: str, attempt: dict, next_ms: int = 0) -> bool:
         """Log one attempt and apply its outcome ('delivered', 'retry' at next_ms, 'failed').
         False when the claim is no longer current (the lease ran out and another took it)."""
-        return bool(self._record(keys=[self.keys.due, self.keys.delivery(claimed.delivery_id),
-                                       self.keys.attempts(claimed.delivery_id)],
+        return bool(self._record(keys=[self.keys.webhook_due, self.keys.webhook_delivery(claimed.delivery_id),
+                                       self.keys.webhook_attempts(claimed.delivery_id)],
                                  args=[claimed.delivery_id, claimed.token, now_ms, outcome, next_ms,
                                        json.dumps(attempt, separators=(",", ":"))]))
 
     # ---- reading -------------------------------------------------------------------------------
     def deliveries(self, job_id: str) -> list[dict]:
         """The job's webhook deliveries with their attempts, oldest first, for the job record."""
-        ids = self.r.lrange(self.keys.job(job_id), 0, -1)
+        ids = self.r.lrange(self.keys.webhook_job(job_id), 0, -1)
         pipe = self.r.pipeline(transaction=False)
         for did in ids:
-            pipe.hmget(self.keys.delivery(did), "event_id", "type", "url", "state", "error", "created_ms",
+            pipe.hmget(self.keys.webhook_delivery(did), "event_id", "type", "url", "state", "error", "created_ms",
                        "finished_ms", "next_ms")
-            pipe.lrange(self.keys.attempts(did), 0, -1)
+            pipe.lrange(self.keys.webhook_attempts(did), 0, -1)
         replies = pipe.execute()
         out = []
         for did, fields, attempts in zip(ids, replies[0::2], replies[1::2]):
