@@ -22,6 +22,18 @@ class ResidencyDelta:
                 "max_waited_ticks": self.max_waited_ticks}
 
 
+@dataclass(frozen=True)
+class WeightTraffic:
+    """The weights the engine moved since it started, running totals (Engine.weight_traffic):
+    arrivals on the device per component, bytes copied to the device (streamed ones included),
+    read from disk, and streamed."""
+
+    device_loads: dict[str, int]
+    bytes_to_device: int
+    bytes_from_disk: int
+    bytes_streamed: int
+
+
 @dataclass
 class ComputeCounts:
     """The expert work one generation ran and skipped. A row-forward is one guidance branch of
