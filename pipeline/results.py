@@ -1,11 +1,17 @@
-"""What the engine hands back: per-tick events and the finished generation's result."""
+"""What the engine hands back: per-tick events and the finished generation's result. Torch-free:
+the server's queue reads these records (server/queue/results.py)."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .request import ResolvedRequest
-from .routing import RoutingSummary, RoutingTrace
+
+if TYPE_CHECKING:  # routing.py holds the policies (torch); the result only carries its records
+    from .routing import RoutingSummary, RoutingTrace
 
 
 @dataclass(frozen=True)
@@ -15,11 +21,6 @@ class ResidencyDelta:
     expert_loads: int
     bytes_to_device: int
     max_waited_ticks: int
-
-    def to_dict(self) -> dict[str, int]:
-        return {"expert_loads_while_running": self.expert_loads,
-                "bytes_to_device_while_running": self.bytes_to_device,
-                "max_waited_ticks": self.max_waited_ticks}
 
 
 @dataclass(frozen=True)
