@@ -14,15 +14,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from pipeline.request import ResolvedRequest
-from pipeline.results import ComputeCounts
+from pipeline.results import ComputeCounts, GenerationResult  # torch-free: the API process never loads the engine
 
 from .results import Residency, Routing, TraceStep
-
-if TYPE_CHECKING:  # the API process never loads the engine (torch)
-    from pipeline.results import GenerationResult
 
 GROUP = "workers"  # the stream's consumer group: every worker reads through it
 JOB_ID = re.compile(r"^video_[0-9a-f]{32}$")

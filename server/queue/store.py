@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple, Self
+from typing import Literal, NamedTuple, Self
 
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from pipeline.results import Progress  # torch-free: the API process never loads the engine
+
 from .jobs import GROUP, Job, JobStatus, Keys, decode, hash_args
 from .metrics import Metrics
 from server.notify.notices import JobNotices
-
-if TYPE_CHECKING:  # the API process never loads the engine (torch)
-    from pipeline.results import Progress
 
 
 def now_ms() -> int:
