@@ -15,6 +15,17 @@ if TYPE_CHECKING:  # routing.py holds the policies (torch); the result only carr
 
 
 @dataclass(frozen=True)
+class TraceStep:
+    """One denoising step's routing (RoutingTrace.record): the step (0-based), its time, the
+    experts chosen and their weights. The server returns these as they are (`/trace`)."""
+
+    step: int
+    t: float
+    experts: list[int]
+    weights: list[float]
+
+
+@dataclass(frozen=True)
 class ResidencyDelta:
     """Weight traffic while one generation ran (shared with whatever ran beside it)."""
 

@@ -8,11 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.manifest import Manifest
 from pipeline.request import RoutingMode
-from pipeline.results import ComputeCounts
+from pipeline.results import ComputeCounts, TraceStep
 from pipeline.speed import Speed
 
 from server.queue.jobs import Job, JobStatus
-from server.queue.results import Residency, Routing, TraceStep
+from server.queue.results import Residency, Routing
 
 
 class CreateVideo(BaseModel):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pipeline.request import ResolvedRequest
-from pipeline.results import ComputeCounts, GenerationResult  # torch-free: the API process never loads the engine
+from pipeline.results import ComputeCounts, GenerationResult, TraceStep  # torch-free: the API never loads the engine
 
-from .results import Residency, Routing, TraceStep
+from .results import Residency, Routing
 
 GROUP = "workers"  # the stream's consumer group: every worker reads through it
 JOB_ID = re.compile(r"^video_[0-9a-f]{32}$")
@@ -253,5 +253,5 @@ def completion(job_id: str, result: GenerationResult) -> dict[str, object]:
     residency = Residency(expert_loads_while_running=moved.expert_loads,
                           bytes_to_device_while_running=moved.bytes_to_device, max_waited_ticks=moved.max_waited_ticks)
     return {"progress": 100, "step": request.num_inference_steps, "routing": routing,
-            "trace": [TraceStep(**step) for step in result.trace.steps], "residency": residency,
+            "trace": list(result.trace.steps), "residency": residency,
             "compute": result.compute}

@@ -55,7 +55,7 @@ class Metrics:
 
     def count_routing(self, trace: RoutingTrace, pipe: redis.client.Pipeline | None = None) -> None:
         """One `expert_steps_total` per expert per step it ran in (the expert load)."""
-        steps = Counter(str(expert) for step in trace.steps for expert in step["experts"])
+        steps = Counter(str(expert) for step in trace.steps for expert in step.experts)
         with self._writes(pipe) as p:
             for expert, n in steps.items():
                 p.hincrbyfloat(self.key, f"expert_steps_total|{expert}", n)

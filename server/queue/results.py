@@ -1,22 +1,12 @@
 """A completed job's results as the server keeps and returns them: the records on `Job` (stored as
 JSON in the job's hash, server/queue/jobs.py) and, unchanged, on the Video object and at
 `/v1/videos/{id}/trace` (server/api/schemas.py: their OpenAPI schemas are these). `jobs.completion`
-makes them from the engine's result; the expert work (`pipeline.results.ComputeCounts`) is kept
-as the engine counted it."""
+makes them from the engine's result; the routing trace (`pipeline.results.TraceStep`) and the
+expert work (`pipeline.results.ComputeCounts`) are kept as the engine recorded them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class TraceStep:
-    """One denoising step's routing: the step (0-based), its time, the experts chosen and their weights."""
-
-    step: int
-    t: float
-    experts: list[int]
-    weights: list[float]
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.request import ResolvedRequest, RoutingMode
-from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta
+from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta, TraceStep
 from pipeline.routing import Choice, RoutingTrace
 from server.queue.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
-from server.queue.results import Residency, Routing, TraceStep
+from server.queue.results import Residency, Routing
 from server.api.schemas import Video, VideoTrace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_completion_fields_name_step_and_weight_share():
         "routing": Routing(**{"policy": "top_k", "top_k": 2, "step_share": share, "expert_share": share,
                               "weight_share": {"0": 0.125, "1": 0.625, "2": 0.25}, "steps": 2,
                               "trace_url": f"/v1/videos/{JOB_ID}/trace"}),
-        "trace": [TraceStep(**s) for s in trace.steps],
+        "trace": trace.steps,
         "residency": Residency(**{"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000,
                                   "max_waited_ticks": 1}),
         "compute": ComputeCounts(**{"row_forwards": 6, "row_forwards_skipped": 2, "block_forwards": 12,
