@@ -35,7 +35,7 @@ from .manifest import expert_key
 from .models.expert import image_positions, pack, unpack
 from .request import ResolvedRequest
 from .request_state import RequestState, TextEmbedding
-from .results import Event, Failed, Finished, GenerationResult, Progress, ResidencyDelta
+from .results import Event, Failed, Finished, GenerationResult, Progress, ResidencyDelta, WeightTraffic
 from .routing import FullEnsemble, TopK, policy_for
 from .sampling import Branch, Guidance
 from .scheduler import ExpertScheduler, RequestNeeds, TickPlan
@@ -159,6 +159,14 @@ class Engine:
     def job_ids(self) -> set[str]:
         """Every request the engine holds (pending or active)."""
         return {job_id for job_id, _ in self.pending} | self.active.keys()
+
+    @property
+    def weight_traffic(self) -> WeightTraffic:
+        """What the engine hands back beside its events: the weights moved since it started
+        (a copy of the residency's running totals; each result carries its own ResidencyDelta)."""
+        stats = self.model.residency.stats
+        return WeightTraffic(dict(stats.device_loads), stats.bytes_to_device, stats.bytes_from_disk,
+                             stats.bytes_streamed)
 
     def cancel(self, job_id: str) -> bool:
         before = len(self.pending) + len(self.active)

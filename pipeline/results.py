@@ -1,11 +1,28 @@
-"""What the engine hands back: per-tick events and the finished generation's result."""
+"""What the engine hands back: per-tick events and the finished generation's result. Torch-free:
+the server's queue reads these records (server/queue/results.py)."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .request import ResolvedRequest
-from .routing import RoutingSummary, RoutingTrace
+
+if TYPE_CHECKING:  # routing.py holds the policies (torch); the result only carries its records
+    from .routing import RoutingSummary, RoutingTrace
+
+
+@dataclass(frozen=True)
+class TraceStep:
+    """One denoising step's routing (RoutingTrace.record): the step (0-based), its time, the
+    experts chosen and their weights. The server returns these as they are (`/trace`)."""
+
+    step: int
+    t: float
+    experts: list[int]
+    weights: list[float]
 
 
 @dataclass(frozen=True)
@@ -16,10 +33,17 @@ class ResidencyDelta:
     bytes_to_device: int
     max_waited_ticks: int
 
-    def to_dict(self) -> dict[str, int]:
-        return {"expert_loads_while_running": self.expert_loads,
-                "bytes_to_device_while_running": self.bytes_to_device,
-                "max_waited_ticks": self.max_waited_ticks}
+
+@dataclass(frozen=True)
+class WeightTraffic:
+    """The weights the engine moved since it started, running totals (Engine.weight_traffic):
+    arrivals on the device per component, bytes copied to the device (streamed ones included),
+    read from disk, and streamed."""
+
+    device_loads: dict[str, int]
+    bytes_to_device: int
+    bytes_from_disk: int
+    bytes_streamed: int
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from .request import ResolvedRequest, RoutingMode
+from .results import TraceStep
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,15 @@ class RoutingSummary:
 
 @dataclass
 class RoutingTrace:
-    steps: list[dict] = field(default_factory=list)
+    steps: list[TraceStep] = field(default_factory=list)
 
     def record(self, step: int, t: float, choice: Choice) -> None:
-        self.steps.append({"step": step, "t": t, "experts": list(choice.experts), "weights": list(choice.weights)})
+        self.steps.append(TraceStep(step, t, list(choice.experts), list(choice.weights)))
 
     def summary(self, num_experts: int) -> RoutingSummary:
         steps, weights = [0.0] * num_experts, [0.0] * num_experts
         for entry in self.steps:
-            for e, w in zip(entry["experts"], entry["weights"]):
+            for e, w in zip(entry.experts, entry.weights):
                 steps[e] += 1
                 weights[e] += w
         n = max(len(self.steps), 1)

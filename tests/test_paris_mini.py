@@ -52,7 +52,7 @@ def test_text_to_video_matches_its_prompt(model, tmp_path, prompt, seed):
     det = detect_mp4(write_mp4(result.frames, result.fps, tmp_path / "out.mp4"))
     assert (det.colour, det.motion) == (spec.colour, spec.motion), det
     # top-1 routing sent every step to the prompt's own expert
-    assert {e for s in result.trace.steps for e in s["experts"]} == {spec.cluster_index}
+    assert {e for s in result.trace.steps for e in s.experts} == {spec.cluster_index}
 
 
 def test_image_to_video_keeps_the_first_frame(model, tmp_path):

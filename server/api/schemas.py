@@ -9,9 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 from pipeline.manifest import Manifest
 from pipeline.request import REQUEST_FIELDS
 from pipeline.request_fields import takes_numbers
+from pipeline.results import ComputeCounts, TraceStep
 from pipeline.speed import Speed
 
 from server.queue.jobs import Job, JobStatus
+from server.queue.results import Residency, Routing
 
 
 class _BodyRules(BaseModel):
@@ -99,12 +101,12 @@ class Video(BaseModel):
     queue_position: int | None = None
     attempts: int = 0
     image_to_video: bool = False
-    routing: dict | None = Field(default=None, description="routing policy and share of steps per expert; "
-                                                           "full per-step trace at /v1/videos/{id}/trace")
-    residency: dict | None = Field(default=None, description="expert loads and weight bytes moved to the device while "
-                                                             "this job ran, and the most ticks it waited for its expert")
-    compute: dict | None = Field(default=None, description="expert row-forwards and block-forwards run and skipped "
-                                                           "(guidance interval, step caching): what the speed preset saved")
+    routing: Routing | None = Field(default=None, description="routing policy and share of steps per expert; "
+                                                              "full per-step trace at /v1/videos/{id}/trace")
+    residency: Residency | None = Field(default=None, description="expert loads and weight bytes moved to the device "
+                                        "while this job ran, and the most ticks it waited for its expert")
+    compute: ComputeCounts | None = Field(default=None, description="expert row-forwards and block-forwards run and "
+                                          "skipped (guidance interval, step caching): what the speed preset saved")
     webhooks: list[WebhookDelivery] | None = Field(default=None, description="deliveries of this job's webhook "
                                                    "event and their attempts (null: the job has no webhook URL)")
 
@@ -118,6 +120,15 @@ class Video(BaseModel):
                    fps=job.fps, num_inference_steps=job.num_inference_steps, step=job.step, attempts=job.attempts,
                    queue_position=queue_position, image_to_video=job.has_image, routing=job.routing,
                    residency=job.residency, compute=job.compute, webhooks=webhooks)
+
+
+class VideoTrace(BaseModel):
+    """`GET /v1/videos/{id}/trace`: a completed job's routing summary and its every step."""
+
+    id: str
+    object: Literal["video.trace"] = "video.trace"
+    routing: Routing | None
+    steps: list[TraceStep]
 
 
 class VideoList(BaseModel):

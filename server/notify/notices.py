@@ -27,11 +27,9 @@ class JobNotices:
         self.events.publish(pipe, job_id, EventType.QUEUED, {"position": position},
                             Guard(job_key, {"status": JobStatus.QUEUED}))
 
-    def progress(self, pipe, job_key: str, job_id: str, fence: int, *, step: int, total: int, percent: int,
-                 experts: tuple[int, ...], weights: tuple[float, ...]) -> None:
-        self.events.publish(pipe, job_id, EventType.PROGRESS,
-                            {"step": step, "total": total, "progress": percent, "experts": list(experts),
-                             "weights": [round(w, 6) for w in weights]},
+    def progress(self, pipe, job_key: str, job_id: str, fence: int, payload: dict[str, object]) -> None:
+        """A step's progress (server/queue/store.py: StepProgress.event), only while `fence` holds the job."""
+        self.events.publish(pipe, job_id, EventType.PROGRESS, payload,
                             Guard(job_key, {"status": JobStatus.IN_PROGRESS, "fence": str(fence)}))
 
     def ended(self, pipe, job_key: str, job_id: str, urls: list[str], *, fence: int | None,

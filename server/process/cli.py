@@ -244,7 +244,7 @@ def cmd_worker(args) -> int:
     if in_group(settings):  # ranks other than 0 never talk to Redis: the URL is looked up on rank 0 only
         return run_group_worker(settings, lambda: _redis_url(settings, "worker", start=False)[0])
     url, _ = _redis_url(settings, "worker", start=False)
-    from server.worker.loop import WorkerRefused, build_worker
+    from server.worker.build import WorkerRefused, build_worker
 
     try:
         worker = build_worker(settings, url)

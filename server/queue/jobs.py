@@ -14,12 +14,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from pipeline.request import ResolvedRequest
+from pipeline.results import ComputeCounts, GenerationResult, TraceStep  # torch-free: the API never loads the engine
 
-if TYPE_CHECKING:  # the API process never loads the engine (torch)
-    from pipeline.results import GenerationResult
+from .results import Residency, Routing
 
 GROUP = "workers"  # the stream's consumer group: every worker reads through it
 JOB_ID = re.compile(r"^video_[0-9a-f]{32}$")
@@ -167,10 +166,10 @@ class Job:
     requeues: int | None = None  # times its storage failed and REQUEUE handed it back (the Lua script counts them)
     # the result (completed jobs)
     artifact_fence: int | None = None  # the attempt whose files are the result
-    routing: dict | None = None
-    trace: list[dict] | None = None
-    residency: dict | None = None
-    compute: dict | None = None
+    routing: Routing | None = None
+    trace: list[TraceStep] | None = None
+    residency: Residency | None = None
+    compute: ComputeCounts | None = None
 
     @classmethod
     def new(cls, job_id: str, owner: str, model: str, request: ResolvedRequest,
@@ -199,6 +198,7 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
 _INTS = frozenset({"created_at", "seed", "num_frames", "fps", "num_inference_steps", "fence", "attempts", "progress",
                    "step", "completed_at", "expires_at", "cancelled_at_step", "requeues", "artifact_fence"})
 _JSON = frozenset({"webhook_urls", "routing", "trace", "residency", "compute"})
+_RECORDS = {"routing": Routing, "residency": Residency, "compute": ComputeCounts}  # JSON objects read as these
 
 
 def decode(name: str, raw: str | None) -> object:
@@ -207,7 +207,12 @@ def decode(name: str, raw: str | None) -> object:
     if name in _INTS or name in _JSON:
         if not raw:
             return None
-        return int(raw) if name in _INTS else json.loads(raw)
+        if name in _INTS:
+            return int(raw)
+        value = json.loads(raw)
+        if name == "trace":
+            return [TraceStep(**step) for step in value]
+        return _RECORDS[name](**value) if name in _RECORDS else value
     if raw is None:
         return None
     if name == "status":
@@ -220,8 +225,8 @@ def decode(name: str, raw: str | None) -> object:
 def _encode(value: object) -> str:
     if isinstance(value, bool):  # before int: bool is an int
         return "1" if value else "0"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
+    if isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+        return json.dumps(value, default=dataclasses.asdict)  # a record: its fields, in their order
     return str(value)  # str, int, JobStatus
 
 
@@ -242,11 +247,13 @@ def completion(job_id: str, result: GenerationResult) -> dict[str, object]:
     """The fields a job gains when its result is stored: the routing summary users read on the
     Video object, the full per-step trace (/trace), the weight traffic while it ran and the expert
     work it ran and skipped."""
-    request, summary = result.request, result.routing
+    request, summary, moved = result.request, result.routing, result.residency
     step_share = {str(i): v for i, v in enumerate(summary.step_share)}
-    routing = {"policy": str(request.routing), "top_k": request.top_k, "step_share": step_share,
-               "expert_share": step_share,  # the old name of step_share, kept for clients that read it
-               "weight_share": {str(i): v for i, v in enumerate(summary.weight_share)},
-               "steps": len(result.trace.steps), "trace_url": f"/v1/videos/{job_id}/trace"}
-    return {"progress": 100, "step": request.num_inference_steps, "routing": routing, "trace": result.trace.steps,
-            "residency": result.residency.to_dict(), "compute": result.compute.to_dict()}
+    routing = Routing(policy=str(request.routing), top_k=request.top_k, step_share=step_share,
+                      expert_share=step_share, weight_share={str(i): v for i, v in enumerate(summary.weight_share)},
+                      steps=len(result.trace.steps), trace_url=f"/v1/videos/{job_id}/trace")
+    residency = Residency(expert_loads_while_running=moved.expert_loads,
+                          bytes_to_device_while_running=moved.bytes_to_device, max_waited_ticks=moved.max_waited_ticks)
+    return {"progress": 100, "step": request.num_inference_steps, "routing": routing,
+            "trace": list(result.trace.steps), "residency": residency,
+            "compute": result.compute}

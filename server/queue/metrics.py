@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import redis
 
 if TYPE_CHECKING:
-    from pipeline.residency import ResidencyStats
+    from pipeline.results import WeightTraffic
     from pipeline.routing import RoutingTrace
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -55,7 +55,7 @@ class Metrics:
 
     def count_routing(self, trace: RoutingTrace, pipe: redis.client.Pipeline | None = None) -> None:
         """One `expert_steps_total` per expert per step it ran in (the expert load)."""
-        steps = Counter(str(expert) for step in trace.steps for expert in step["experts"])
+        steps = Counter(str(expert) for step in trace.steps for expert in step.experts)
         with self._writes(pipe) as p:
             for expert, n in steps.items():
                 p.hincrbyfloat(self.key, f"expert_steps_total|{expert}", n)
@@ -65,18 +65,18 @@ class Metrics:
 
 
 class WeightMoves:
-    """Adds a worker's weight traffic to the shared counters: the residency manager keeps running
-    totals, so each call adds what is new since the last one."""
+    """Adds a worker's weight traffic to the shared counters: the engine reports running totals
+    (Engine.weight_traffic), so each call adds what is new since the last one."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self._counted: dict[tuple[str, str], float] = {}
 
-    def add(self, stats: ResidencyStats, pipe: redis.client.Pipeline | None = None) -> None:
-        totals = {("component_loads_total", name): n for name, n in stats.device_loads.items()}
-        totals["bytes_to_device_total", ""] = stats.bytes_to_device
-        totals["bytes_from_disk_total", ""] = stats.bytes_from_disk
-        totals["bytes_streamed_total", ""] = stats.bytes_streamed
+    def add(self, traffic: WeightTraffic, pipe: redis.client.Pipeline | None = None) -> None:
+        totals = {("component_loads_total", name): n for name, n in traffic.device_loads.items()}
+        totals["bytes_to_device_total", ""] = traffic.bytes_to_device
+        totals["bytes_from_disk_total", ""] = traffic.bytes_from_disk
+        totals["bytes_streamed_total", ""] = traffic.bytes_streamed
         for (name, label), total in totals.items():
             delta = total - self._counted.get((name, label), 0)
             if delta:

@@ -38,6 +38,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from pipeline.results import Progress  # torch-free: the API process never loads the engine
+
 from .jobs import GROUP, Enqueued, Job, JobStatus, Keys, decode, hash_args
 from .metrics import Metrics
 from server.notify.notices import JobNotices
@@ -274,14 +276,22 @@ class RoundTrip:
 
 @dataclass(frozen=True)
 class StepProgress:
-    """One request's advance in an engine step: what JobStore.after_step writes and tells."""
+    """One request's advance in an engine step, as the engine reported it: what
+    WorkerStore.after_step writes (`percent`, `progress.step`) and tells (`event()`)."""
 
     claim: Claim
-    percent: int
-    step: int
-    total: int
-    experts: tuple[int, ...]
-    weights: tuple[float, ...]
+    progress: Progress
+
+    @property
+    def percent(self) -> int:
+        """0-99 while denoising: 100 is written only once the MP4 is stored (jobs.completion)."""
+        return min(99, int(99 * self.progress.step / max(1, self.progress.total)))
+
+    def event(self) -> dict[str, object]:
+        """The `progress` event's payload (the job's event log, SSE)."""
+        p = self.progress
+        return {"step": p.step, "total": p.total, "progress": self.percent, "experts": list(p.experts),
+                "weights": [round(w, 6) for w in p.weights]}
 
 
 @dataclass
@@ -500,9 +510,8 @@ class WorkerStore(_Store):
         trip = RoundTrip(self.redis)
         for p in progress:
             key = self.keys.job(p.claim.job_id)
-            trip.script(self._progress, [key], [p.claim.fence, *hash_args(progress=p.percent, step=p.step)])
-            self.notices.progress(trip.pipe, key, p.claim.job_id, p.claim.fence, step=p.step, total=p.total,
-                                  percent=p.percent, experts=p.experts, weights=p.weights)
+            trip.script(self._progress, [key], [p.claim.fence, *hash_args(progress=p.percent, step=p.progress.step)])
+            self.notices.progress(trip.pipe, key, p.claim.job_id, p.claim.fence, p.event())
         first_state = len(trip.pipe.command_stack)
         self._queue_states(trip.pipe, watched)
         return StepReport(trip, watched, first_state)

@@ -12,7 +12,6 @@ If rank 0 itself is killed, its jobs come back when their leases lapse.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,12 +26,9 @@ from pipeline.distributed.runner import Heartbeat
 
 from server.process.settings import Settings
 
-log = logging.getLogger("paris.worker")
+from .log import event
+
 EXIT_GROUP_FAILED = 4  # `paris serve` restarts the worker on any code but EXIT_REFUSED
-
-
-def _event(event: str, **kw) -> None:
-    log.info(json.dumps({"event": event, **kw}, default=str))
 
 
 def in_group(settings: Settings) -> bool:
@@ -51,7 +47,7 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
     from pipeline.planner.plan import PlanRefused
 
     from server.process.children import EXIT_REFUSED
-    from .loop import WorkerRefused, build_worker
+    from .build import WorkerRefused, build_worker
 
     timeout, env, procs, init = settings.group_timeout_s, torchrun_env(), [], None
     if env is None:
@@ -90,16 +86,16 @@ def run_group_worker(settings: Settings, redis_url: Callable[[], str]) -> int:
     heartbeat = Heartbeat(runner, failed).start()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
-    _event("worker_group_started", worker=worker.id, ranks=world, pids=[os.getpid()] + [p.pid for p in procs],
-           devices=devices, experts=group.experts, streamed=group.streams, timeout_s=timeout)
+    event("worker_group_started", worker=worker.id, ranks=world, pids=[os.getpid()] + [p.pid for p in procs],
+          devices=devices, experts=group.experts, streamed=group.streams, timeout_s=timeout)
     try:
         worker.run()
     except GroupFailed as exc:  # raised inside a tick: the loop did not get to hand its jobs back
         failures.append(exc)
-        worker._shutdown()
+        worker.shutdown()
     heartbeat.stop()
     if failures:
-        _event("worker_group_failed", worker=worker.id, error=str(failures[0]))
+        event("worker_group_failed", worker=worker.id, error=str(failures[0]))
         _exit_group(procs, EXIT_GROUP_FAILED)
     runner.stop()
     end_ranks(procs)

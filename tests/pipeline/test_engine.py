@@ -178,3 +178,24 @@ def test_a_decode_failure_fails_the_batch_that_failed_only(tiny_model, monkeypat
     events = run_all(Engine(tiny_model), {0: [("wide", GenerationRequest("a red circle", seed=6, size="64x32")), ("small", small)]})
     assert_failed(events, "wide", "decode_failed")
     assert np.abs(frames(events, "small") - reference).max() <= 1
+
+
+def test_weight_traffic_is_the_engines_running_totals_handed_back_as_a_copy(tiny_model_dir):
+    """The worker counts weight traffic from Engine.weight_traffic (not the residency's internals):
+    on a fresh model it starts empty, and after one generation its expert loads are the ones the
+    result's own ResidencyDelta counted (experts load only once the request started), beside the
+    encoders' loads before it."""
+    from pipeline.loader import load_model
+
+    engine = Engine(load_model(tiny_model_dir), max_batch=1)
+    before = engine.weight_traffic
+    assert (before.device_loads, before.bytes_to_device, before.bytes_from_disk) == ({}, 0, 0)
+    outcome = run_all(engine, {0: [("one", GenerationRequest("a red circle", seed=3, num_inference_steps=2))]})
+    result = outcome["one"].result
+    after = engine.weight_traffic
+    assert before.device_loads == {}  # a copy: the totals it reported did not move on
+    assert sum(n for name, n in after.device_loads.items() if name.startswith("expert_")) \
+        == result.residency.expert_loads > 0
+    assert {"t5", "clip", "vae"} <= after.device_loads.keys()
+    assert after.bytes_to_device > result.residency.bytes_to_device > 0
+    assert after.bytes_from_disk > 0

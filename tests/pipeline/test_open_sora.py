@@ -64,7 +64,7 @@ def test_the_one_expert_model_generates_end_to_end_without_a_router(open_sora_di
     result = generate(model, GenerationRequest("a red circle moving left", seed=3))
     assert result.frames.shape == (9, 32, 32, 3) and result.frames.std() > 0
     assert result.request.routing is RoutingMode.FIXED and result.request.expert == 0
-    assert [s["experts"] for s in result.trace.steps] == [[0]] * 3
+    assert [s.experts for s in result.trace.steps] == [[0]] * 3
     assert model.residency.stats.device_loads.keys() == {"t5", "clip", "vae", "expert_0"}
 
 

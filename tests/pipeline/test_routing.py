@@ -5,6 +5,7 @@ import torch
 
 from pipeline.engine import Engine
 from pipeline.request import GenerationRequest, resolve
+from pipeline.results import TraceStep
 from pipeline.routing import Choice, ExpertSchedule, FixedExpert, FullEnsemble, RoutingTrace, TopK, policy_for
 from tests.support.jobs import run_jobs
 
@@ -55,7 +56,7 @@ def test_trace_records_steps_and_shares():
     trace = RoutingTrace()
     trace.record(0, 1.0, TopK(2).choose(0, LOGITS))
     trace.record(1, 0.5, FixedExpert(0).choose(1))
-    assert trace.steps[1] == {"step": 1, "t": 0.5, "experts": [0], "weights": [1.0]}
+    assert trace.steps[1] == TraceStep(step=1, t=0.5, experts=[0], weights=[1.0])
     trace.record(2, 0.25, Choice((1, 2), (0.75, 0.25)))
     summary = trace.summary(3)
     # by hand: step 0 runs experts 1 and 2 (top-2 of LOGITS), step 1 expert 0, step 2 experts 1 and 2
@@ -83,7 +84,7 @@ def test_engine_router_decides_top_k_every_step(tiny_model):
     finally:
         handle.remove()
     assert len(calls) == 4  # one router forward per step
-    assert all(len(s["experts"]) == 2 and sum(s["weights"]) == pytest.approx(1.0) for s in result.trace.steps)
+    assert all(len(s.experts) == 2 and sum(s.weights) == pytest.approx(1.0) for s in result.trace.steps)
 
 
 def test_engine_fixed_expert_and_schedule_never_call_the_router(tiny_model):
@@ -94,5 +95,5 @@ def test_engine_fixed_expert_and_schedule_never_call_the_router(tiny_model):
     finally:
         handle.remove()
     assert calls == []
-    assert [s["experts"] for s in fixed.trace.steps] == [[2]] * 4
-    assert [s["experts"][0] for s in scheduled.trace.steps] == [0, 1, 0, 2]
+    assert [s.experts for s in fixed.trace.steps] == [[2]] * 4
+    assert [s.experts[0] for s in scheduled.trace.steps] == [0, 1, 0, 2]

@@ -33,7 +33,7 @@ def test_the_interval_runs_the_conditional_branch_alone_outside_it(tiny_model):
     result = generate(tiny_model, GenerationRequest("a red circle", seed=1, num_inference_steps=steps,
                                                     guidance_interval=[0.0, 0.6], guidance_oscillation=True))
     # unconditional rows run inside the interval and not on oscillation's odd steps from step 10
-    ts = [s["t"] for s in result.trace.steps]
+    ts = [s.t for s in result.trace.steps]
     with_uncond = [0.0 <= t <= 0.6 and not (i >= 10 and i % 2) for i, t in enumerate(ts)]
     assert 0 < sum(with_uncond) < steps
     c = result.compute

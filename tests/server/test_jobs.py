@@ -3,16 +3,21 @@ older version wrote) maps to the same Video object users got before, and a compl
 the routing fields users read."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.request import ResolvedRequest, RoutingMode
-from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta
+from pipeline.results import ComputeCounts, GenerationResult, ResidencyDelta, TraceStep
 from pipeline.routing import Choice, RoutingTrace
 from server.queue.jobs import GROUP, Job, JobStatus, Keys, completion, hash_args
-from server.api.schemas import Video
+from server.queue.results import Residency, Routing
+from server.api.schemas import Video, VideoTrace
 
+ROOT = Path(__file__).resolve().parents[2]
 JOB_ID = "video_0123456789abcdef0123456789abcdef"
 REQUEST = ResolvedRequest(prompt="a red circle moving left", negative_prompt="", image=None, num_frames=9, width=32,
                           height=32, fps=8, num_inference_steps=4, guidance_scale=5.0, image_guidance_scale=1.0,
@@ -40,7 +45,7 @@ def completed_job() -> Job:
                prompt="a red circle moving left", seed=42, num_frames=9, fps=8, size="32x32", num_inference_steps=4,
                has_image=False, status=JobStatus.COMPLETED, entry_id="1700000000000-0", fence=2, attempts=2,
                progress=100, step=4, completed_at=1700000009, expires_at=1700086409, artifact_fence=2,
-               routing=ROUTING, trace=TRACE, residency=RESIDENCY)
+               routing=Routing(**ROUTING), trace=[TraceStep(**s) for s in TRACE], residency=Residency(**RESIDENCY))
 
 
 def test_to_hash_writes_each_field_as_text_and_from_hash_reads_it_back():
@@ -102,12 +107,14 @@ def test_completion_fields_name_step_and_weight_share():
     share = {"0": 0.5, "1": 1.0, "2": 0.5}  # expert 1 ran in both steps, 0 and 2 in one each
     assert completion(JOB_ID, result) == {
         "progress": 100, "step": 4,
-        "routing": {"policy": "top_k", "top_k": 2, "step_share": share, "expert_share": share,
-                    "weight_share": {"0": 0.125, "1": 0.625, "2": 0.25}, "steps": 2,
-                    "trace_url": f"/v1/videos/{JOB_ID}/trace"},
+        "routing": Routing(**{"policy": "top_k", "top_k": 2, "step_share": share, "expert_share": share,
+                              "weight_share": {"0": 0.125, "1": 0.625, "2": 0.25}, "steps": 2,
+                              "trace_url": f"/v1/videos/{JOB_ID}/trace"}),
         "trace": trace.steps,
-        "residency": {"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000, "max_waited_ticks": 1},
-        "compute": {"row_forwards": 6, "row_forwards_skipped": 2, "block_forwards": 12, "block_forwards_skipped": 8}}
+        "residency": Residency(**{"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000,
+                                  "max_waited_ticks": 1}),
+        "compute": ComputeCounts(**{"row_forwards": 6, "row_forwards_skipped": 2, "block_forwards": 12,
+                                    "block_forwards_skipped": 8})}
 
 
 def test_keys_and_group_keep_their_names():  # a running deployment's Redis holds these
@@ -117,3 +124,65 @@ def test_keys_and_group_keep_their_names():  # a running deployment's Redis hold
         f"t1:job:{JOB_ID}", "t1:jobs", "t1:queued", "t1:expiry", "t1:workers", "t1:metrics")
     assert (k.owner_jobs("o"), k.owner_active("o"), k.idempotency("o", "x")) == (
         "t1:owner:o:jobs", "t1:owner:o:active", "t1:idem:o:x")
+
+
+def test_completion_fields_are_stored_as_the_json_the_server_wrote_before():
+    """Typed records on the job, the same bytes in the hash: each record's JSON is the dict
+    a client has always read, in its order."""
+    trace = RoutingTrace()
+    trace.record(0, 1.0, Choice((1, 0), (0.75, 0.25)))
+    result = GenerationResult(frames=np.zeros((9, 32, 32, 3), np.uint8), request=REQUEST, trace=trace,
+                              routing=trace.summary(3), residency=ResidencyDelta(2, 1000, 1),
+                              compute=ComputeCounts(6, 2, 12, 8))
+    args = hash_args(**completion(JOB_ID, result))
+    stored = dict(zip(args[::2], args[1::2], strict=True))
+    share = {"0": 1.0, "1": 1.0, "2": 0.0}
+    assert stored["routing"] == json.dumps({"policy": "top_k", "top_k": 2, "step_share": share, "expert_share": share,
+                                            "weight_share": {"0": 0.25, "1": 0.75, "2": 0.0}, "steps": 1,
+                                            "trace_url": f"/v1/videos/{JOB_ID}/trace"})
+    assert stored["trace"] == json.dumps([{"step": 0, "t": 1.0, "experts": [1, 0], "weights": [0.75, 0.25]}])
+    assert stored["residency"] == json.dumps({"expert_loads_while_running": 2, "bytes_to_device_while_running": 1000,
+                                              "max_waited_ticks": 1})
+    assert stored["compute"] == json.dumps({"row_forwards": 6, "row_forwards_skipped": 2, "block_forwards": 12,
+                                            "block_forwards_skipped": 8})
+    job = Job.from_hash({**OLD_COMPLETED_HASH, **stored})
+    assert isinstance(job.routing, Routing) and isinstance(job.residency, Residency)
+    assert job.trace == [TraceStep(step=0, t=1.0, experts=[1, 0], weights=[0.75, 0.25])]
+    assert job.compute == ComputeCounts(6, 2, 12, 8)
+
+
+def test_the_trace_response_is_the_object_it_was():
+    job = Job.from_hash(OLD_COMPLETED_HASH)
+    body = VideoTrace(id=JOB_ID, routing=job.routing, steps=job.trace).model_dump(mode="json")
+    assert body == {"id": JOB_ID, "object": "video.trace", "routing": ROUTING, "steps": TRACE}
+    assert list(body) == ["id", "object", "routing", "steps"]
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate Operation ID")  # /content's GET and HEAD share one function
+def test_the_openapi_schema_documents_the_result_records(tiny_model_dir, tmp_path):
+    """/openapi.json names each result's fields (no bare objects): the Video's routing,
+    residency and compute, and the trace's steps."""
+    from server.api.app import create_app
+    from server.process.settings import Settings
+
+    app = create_app(Settings(model=str(tiny_model_dir), artifact_dir=tmp_path), "redis://127.0.0.1:1")
+    schema = app.openapi()
+    defs = schema["components"]["schemas"]
+    video = defs["Video"]["properties"]
+    refs = {name: json.dumps(video[name]) for name in ("routing", "residency", "compute")}
+    assert all(f"#/components/schemas/{ref}" in refs[name]
+               for name, ref in [("routing", "Routing"), ("residency", "Residency"), ("compute", "ComputeCounts")])
+    assert list(defs["Routing"]["properties"]) == list(ROUTING)
+    assert list(defs["Residency"]["properties"]) == list(RESIDENCY)
+    assert list(defs["ComputeCounts"]["properties"]) == ["row_forwards", "row_forwards_skipped", "block_forwards",
+                                                         "block_forwards_skipped"]
+    assert list(defs["TraceStep"]["properties"]) == list(TRACE[0])
+    trace = schema["paths"]["/v1/videos/{video_id}/trace"]["get"]["responses"]["200"]
+    assert trace["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/VideoTrace"}
+
+
+def test_the_result_records_load_without_torch():
+    """The queue and the API read the engine's result records (pipeline/results.py) at run time:
+    that module, and so the API process, stays torch-free."""
+    code = "import sys, server.queue.jobs, server.api.app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

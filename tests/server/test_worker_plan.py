@@ -14,7 +14,7 @@ from pipeline.planner.plan import PlanRefused, Target, least_plan
 from pipeline.planner.serving import memory_limits
 from server.process.cli import EXIT_REFUSED
 from server.process.settings import Settings
-from server.worker.loop import build_worker, memory_plan
+from server.worker.build import build_worker, memory_plan
 from tests.server.harness import REPO, free_port
 
 MAX_BATCH = 2

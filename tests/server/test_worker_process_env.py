@@ -10,7 +10,7 @@ from client.cli import build_parser
 from pipeline.cuda_env import ALLOC_CONF, EXPANDABLE
 from server.process.cli import settings_from_args, worker_devices, worker_launch
 from server.process.settings import Settings
-from server.worker.loop import build_worker
+from server.worker.build import build_worker
 
 NO_REDIS = "redis://127.0.0.1:1"
 
@@ -70,7 +70,7 @@ def test_a_users_allocator_setting_without_expandable_segments_is_kept_with_a_wa
 
 
 def test_a_worker_refuses_a_budget_above_the_free_memory(tiny_model_dir):
-    from server.worker.loop import WorkerRefused
+    from server.worker.build import WorkerRefused
 
     with pytest.raises(WorkerRefused, match="free on cpu now"):
         build_worker(Settings(model=str(tiny_model_dir), device="cpu", max_batch=2, device_memory="100000GiB"), NO_REDIS)

@@ -88,7 +88,7 @@ class Runner:
         det = detect(frames)
         row = {"prompt": spec.prompt, "seed": seed, "cluster": spec.cluster, "colour": det.colour, "motion": det.motion,
                "colour_ok": det.colour == spec.colour, "motion_ok": det.motion == spec.motion, "cues": det.cues,
-               "experts": sorted({e for step in result.trace.steps for e in step["experts"]})}
+               "experts": sorted({e for step in result.trace.steps for e in step.experts})}
         if image is not None:
             row["psnr_frame0"] = psnr(frames[0], image)
         row["_frames"] = frames  # as read back from the MP4

@@ -14,7 +14,7 @@ from ..creation import Caller
 from ..dependencies import ArtifactsDep, Owner, ServicesDep, SettingsDep, StoreDep, Videos
 from server.errors import APIError
 from server.queue.jobs import Job, JobStatus
-from ..schemas import Video, VideoDeleted, VideoList
+from ..schemas import Video, VideoDeleted, VideoList, VideoTrace
 from server.queue.store import JobQueue
 from ..tenants import client_address, tenant
 
@@ -54,13 +54,13 @@ def retrieve_video(video_id: str, response: Response, videos: Videos, store: Sto
     return _video(job, store)
 
 
-@router.get("/videos/{video_id}/trace")
+@router.get("/videos/{video_id}/trace", response_model=VideoTrace)
 def video_trace(video_id: str, videos: Videos):
     job = videos.get(video_id)
     if job.status is not JobStatus.COMPLETED:
         raise APIError(404, f"Video '{video_id}' has no routing trace yet (status {job.status}).",
                        param="video_id", code="video_not_ready")
-    return {"id": video_id, "object": "video.trace", "routing": job.routing, "steps": job.trace or []}
+    return VideoTrace(id=video_id, routing=job.routing, steps=job.trace or [])
 
 
 @router.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"])  # HEAD: size and type, no body
