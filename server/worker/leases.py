@@ -40,7 +40,7 @@ class RunningJob:
     deadline: float  # past it the job fails with `timeout`, and its lease is no longer renewed
     renewed_at: float = 0.0  # when the lease was last known good (claim or renewal): it holds lease_ms from then
     step: int = 0
-    lease_lost: bool = False
+    lease_lost_at: float | None = None  # when a renewal found the lease gone (a cancel, a delete, a takeover)
     in_engine: bool = True  # False once it left the engine: the writer pool stores and settles it
 
 
@@ -165,12 +165,12 @@ class Leases:
                 # a job past its run time is not renewed: if the loop is stuck in a step that never
                 # returns, the lease lapses and another worker takes the job over
                 with self.lock:
-                    jobs = [j for j in self.jobs.values() if not j.lease_lost and now < j.deadline]
+                    jobs = [j for j in self.jobs.values() if j.lease_lost_at is None and now < j.deadline]
                 for job, renewed in zip(jobs, self.store.renew([j.claim for j in jobs], self.id)):
                     if renewed:
                         job.renewed_at = now
                     else:
-                        job.lease_lost = True
+                        job.lease_lost_at = time.time()  # after the answer: what failed it came before
                         event("lease_lost", job=job.claim.job_id, worker=self.id, fence=job.claim.fence)
                 self.store.heartbeat(self.id, self.health.ok)
             except Exception as exc:

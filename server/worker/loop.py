@@ -57,6 +57,7 @@ class Worker:
         self.weight_moves = WeightMoves(store.metrics)
         self.reporter = ThreadPoolExecutor(1, thread_name_prefix="reporter")
         self._report: Future[dict[str, JobState]] | None = None  # the last step's round trip
+        self._report_sent_at = 0.0  # it reads the jobs' states no earlier than this
 
     # ---- claiming --------------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -89,14 +90,19 @@ class Worker:
             self.store.metrics.count("worker_stops_total", reason)
 
     @staticmethod
-    def _stop_reason(job: RunningJob, state: JobState) -> str | None:
+    def _stop_reason(job: RunningJob, state: JobState, read_after: float) -> str | None:
+        """Why the job must stop, from its state as a step report read it (no earlier than
+        `read_after`); None: it runs on."""
         if state.status is None:
             return "deleted"
         if state.fence != job.claim.fence:
             return "fenced_out"  # another worker took the job over
         if state.status is not JobStatus.IN_PROGRESS:
             return "cancelled"
-        return "fenced_out" if job.lease_lost else None
+        # The lease is gone but the job still reads as ours: a report read before the renewal
+        # failed may predate the cancel that made it fail; the next report says which it was.
+        lost = job.lease_lost_at
+        return "fenced_out" if lost is not None and lost <= read_after else None
 
     def _fail_lost(self) -> None:
         """Fail every job the engine no longer holds that left it without an event: nothing
@@ -158,6 +164,7 @@ class Worker:
         report: StepReport = self.store.after_step(progress, watched)
         self.store.metrics.observe("paris_step_seconds", seconds, STEP_BUCKETS, report.pipe)
         self.weight_moves.add(self.engine.weight_traffic, report.pipe)
+        self._report_sent_at = time.time()
         self._report = self.reporter.submit(report.send)
 
     def _apply_report(self) -> None:
@@ -173,7 +180,7 @@ class Worker:
             return
         for job_id, state in states.items():
             job = self.leases.get(job_id)
-            if job is not None and job.in_engine and (reason := self._stop_reason(job, state)):
+            if job is not None and job.in_engine and (reason := self._stop_reason(job, state, self._report_sent_at)):
                 self._drop(job_id, reason)
 
     # ---- main loop -------------------------------------------------------------------------------
