@@ -47,6 +47,14 @@ class Enqueued(StrEnum):
     BUSY = "busy"          # max_queued jobs wait already (the server-wide admission limit)
 
 
+class QueueError(StrEnum):
+    """The error codes the queue itself writes on a failed job (the worker and the engine name theirs)."""
+
+    CANCELLED = "cancelled"
+    MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"  # its workers stopped (died) max_attempts times
+    STORAGE_UNAVAILABLE = "storage_unavailable"      # storing its files failed max_requeues times
+
+
 def new_job_id() -> str:
     return "video_" + secrets.token_hex(16)
 
@@ -103,8 +111,10 @@ class Keys:
     def owner_jobs(self, owner: str) -> str:  # ZSET of an owner's ids by creation time (listing)
         return f"{self.owner_prefix}{owner}:jobs"
 
+    ACTIVE_SUFFIX = ":active"  # not a field: the claim script appends it to owner_prefix + the job's owner
+
     def owner_active(self, owner: str) -> str:  # SET of an owner's queued and running ids (the limit)
-        return f"{self.owner_prefix}{owner}:active"
+        return f"{self.owner_prefix}{owner}{self.ACTIVE_SUFFIX}"
 
     def client_active(self, address: str) -> str:  # SET of a client address's active ids (the limit without keys)
         return f"{self.prefix}:client:{address}:active"

@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError
 
 from pipeline.results import Progress  # torch-free: the API process never loads the engine
 
-from .jobs import GROUP, Enqueued, Job, JobStatus, Keys, decode, hash_args
+from .jobs import GROUP, Enqueued, Job, JobStatus, Keys, QueueError, decode, hash_args
 from .metrics import Metrics
 from server.notify.notices import JobNotices
 
@@ -49,14 +49,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-CANCELLED = ("cancelled", "The job was cancelled.")  # the error (code, message) of a cancelled job
+CANCELLED = (QueueError.CANCELLED.value, "The job was cancelled.")  # the error (code, message) of a cancelled job
 
 # The words the scripts share with Python, from the job vocabulary (server/queue/jobs.py): $QUEUED and
-# the other statuses (JobStatus), $CREATED and the other enqueue outcomes (Enqueued), $CANCELLED (the
-# cancelled error code) and $<field> for a field of the job hash. A name the vocabulary lacks (a
+# the other statuses (JobStatus), $CREATED and the other enqueue outcomes (Enqueued), $CANCELLED and the
+# other error codes the scripts write (QueueError), $ACTIVE_SUFFIX (Keys) and $<field> for a field of the
+# job hash. A name the vocabulary lacks (a
 # renamed field, a typo) fails at import, not in Redis; `$$` is a literal `$`.
-_WORDS = ({word.name: word.value for word in (*JobStatus, *Enqueued)} | {"CANCELLED": CANCELLED[0]}
-          | {field.name: field.name for field in dataclasses.fields(Job)})
+_WORDS = ({word.name: word.value for word in (*JobStatus, *Enqueued, *QueueError)}
+          | {"ACTIVE_SUFFIX": Keys.ACTIVE_SUFFIX} | {field.name: field.name for field in dataclasses.fields(Job)})
 
 
 def _lua(source: str) -> str:
@@ -147,13 +148,13 @@ if not status or (status ~= '$QUEUED' and status ~= '$IN_PROGRESS') then
   return {'skip', 0, 0}
 end
 local owner = redis.call('HGET', KEYS[1], '$owner')
-local active = KEYS[5] .. owner .. ':active'
+local active = KEYS[5] .. owner .. '$ACTIVE_SUFFIX'
 local attempts = redis.call('HINCRBY', KEYS[1], '$attempts', 1)
 local fence = redis.call('HINCRBY', KEYS[1], '$fence', 1)
 redis.call('ZREM', KEYS[3], ARGV[1])
 if attempts > tonumber(ARGV[7]) then
   finish(KEYS[1], KEYS[2], active, KEYS[4], ARGV[1], '$FAILED', tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
-    {'$error_code', 'max_attempts_exceeded',
+    {'$error_code', '$MAX_ATTEMPTS_EXCEEDED',
      '$error_message', 'The job was started ' .. (attempts - 1) .. ' times and its worker stopped each time; giving up.'})
   return {'exhausted', fence, attempts}
 end
@@ -191,7 +192,7 @@ if not holds(KEYS[1], ARGV[2]) then return 0 end
 local requeues = redis.call('HINCRBY', KEYS[1], '$requeues', 1)
 if requeues > tonumber(ARGV[7]) then
   finish(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1], '$FAILED', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[3],
-    {'$error_code', 'storage_unavailable',
+    {'$error_code', '$STORAGE_UNAVAILABLE',
      '$error_message', "The video could not be stored: the server's storage failed " .. (requeues - 1) .. " times."})
   return 2
 end
