@@ -28,7 +28,7 @@ from .owned_videos import sweep_expired
 from .routers import docs as docs_router
 from .routers import events, health, models, playground, unsupported, videos
 from server.process.settings import Settings
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 from .stream_slots import StreamSlots
 from .tenants import parse_networks
 from .uploads import ImageLimits, ImageSlots

@@ -19,7 +19,7 @@ from pipeline.manifest import Manifest
 from server.errors import APIError, StorageError
 from server.process.settings import Settings
 from server.queue.jobs import Enqueued, Job, new_job_id
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 from server.storage import ArtifactStore
 from .intake import fingerprint, resolve_create
 from .schemas import CreateVideo

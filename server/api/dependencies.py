@@ -19,7 +19,7 @@ from .creation import JobCreation
 from server.process.embedded import EmbeddedValkey
 from server.notify.events import EventFeed
 from server.process.settings import Settings
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 from .stream_slots import StreamSlots
 from .tenants import IPNetwork
 from .owned_videos import OwnedVideos

@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from server.queue.jobs import JobStatus
 from server.queue.metrics import JOB_BUCKETS, STEP_BUCKETS
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 
 
 class RedisCollector:

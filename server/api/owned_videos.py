@@ -11,7 +11,7 @@ from typing import Literal
 from server.storage import ArtifactStore
 from server.errors import not_found
 from server.queue.jobs import Job, JobStatus, is_job_id
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 
 log = logging.getLogger("paris.api")
 

@@ -1,8 +1,8 @@
 """What a job's changes tell the outside world: its event log (server/notify/events.py) and, once it
 ends, its webhooks (server/notify/webhooks/).
 
-JobStore queues these writes in the same MULTI as the change they report, right after its
-script, each guarded by the state that change leaves (server/queue/guard.py): a change the state
+The job store (server/queue/job_queue.py, worker_store.py) queues these writes in the same MULTI
+as the change they report, right after its script, each guarded by the state that change leaves (server/queue/guard.py): a change the state
 machine refused (a stale fence, a job already finished) tells nobody anything, and no crash can
 land between a job's end and its event and deliveries.
 """
@@ -28,7 +28,7 @@ class JobNotices:
                             Guard(job_key, {"status": JobStatus.QUEUED}))
 
     def progress(self, pipe, job_key: str, job_id: str, fence: int, payload: dict[str, object]) -> None:
-        """A step's progress (server/queue/store.py: StepProgress.event), only while `fence` holds the job."""
+        """A step's progress (server/queue/worker_store.py: StepProgress.event), only while `fence` holds the job."""
         self.events.publish(pipe, job_id, EventType.PROGRESS, payload,
                             Guard(job_key, {"status": JobStatus.IN_PROGRESS, "fence": str(fence)}))
 

@@ -25,7 +25,7 @@ JOB_ID = re.compile(r"^video_[0-9a-f]{32}$")
 
 
 class JobStatus(StrEnum):
-    """The states of the machine in server/queue/store.py (the Lua scripts spell the same values)."""
+    """The states of the machine in server/queue/store.py (the Lua scripts in scripts.py take these values)."""
 
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"

@@ -7,7 +7,7 @@ import time
 from pipeline.engine import Engine
 
 from server.process.settings import Settings
-from server.queue.store import WorkerStore
+from server.queue.worker_store import WorkerStore
 from server.storage import open_artifacts
 
 from .log import event

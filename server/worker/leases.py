@@ -23,7 +23,8 @@ import redis
 
 from server.process.settings import Settings
 from server.queue.jobs import Job
-from server.queue.store import Claim, WorkerStore
+from server.queue.store import Claim
+from server.queue.worker_store import WorkerStore
 from server.storage import ArtifactStore
 
 from .log import event

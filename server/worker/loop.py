@@ -34,7 +34,8 @@ from pipeline.results import Event, Failed, Finished, Progress
 from server.process.settings import Settings
 from server.queue.jobs import Job, JobStatus
 from server.queue.metrics import STEP_BUCKETS, WeightMoves
-from server.queue.store import JobState, StepProgress, StepReport, WorkerStore
+from server.queue.store import JobState
+from server.queue.worker_store import StepProgress, StepReport, WorkerStore
 from server.storage import ArtifactStore
 
 from .leases import Leases, RunningJob, StorageHealth

@@ -25,7 +25,8 @@ import redis
 from server.process.settings import Settings
 from server.queue.jobs import JobStatus, completion
 from server.queue.metrics import JOB_BUCKETS
-from server.queue.store import Claim, JobState, WorkerStore
+from server.queue.store import Claim, JobState
+from server.queue.worker_store import WorkerStore
 from server.storage import ArtifactStore
 
 from .leases import Leases, RunningJob

@@ -21,7 +21,7 @@ from server.api.uploads import ImageLimits, ImageSlots
 from server.api.webhook_service import WebhookService
 from server.errors import APIError
 from server.process.settings import Settings
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 from server.storage import INPUT
 from server.storage.local import LocalArtifacts
 

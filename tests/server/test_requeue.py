@@ -8,7 +8,7 @@ from pipeline.manifest import read_manifest
 from pipeline.request import GenerationRequest, resolve
 from server.api.auth import PUBLIC_OWNER
 from server.queue.jobs import Job, JobStatus, new_job_id
-from server.queue.store import JobStore
+from tests.support.stores import JobStore
 
 
 def test_requeue_refunds_the_attempt_and_its_budget_ends_in_a_clear_failure(valkey, tiny_model_dir):

@@ -16,7 +16,7 @@ from server.storage.local import LocalArtifacts
 from server.api.auth import PUBLIC_OWNER
 from server.queue.jobs import Job, JobStatus, new_job_id
 from server.process.settings import Settings
-from server.queue.store import JobStore
+from tests.support.stores import JobStore
 from server.worker.loop import Worker
 
 from .harness import wait_until

@@ -13,7 +13,8 @@ from pipeline.manifest import read_manifest
 from pipeline.request import GenerationRequest, resolve
 from server.api.auth import PUBLIC_OWNER
 from server.queue.jobs import GROUP, Job, JobStatus, Keys, new_job_id
-from server.queue.store import SETTLE, JobStore
+from server.queue.scripts import SETTLE
+from tests.support.stores import JobStore
 from weights.recipe.detector import read_mp4
 
 from .faulty_link import FaultyLink

@@ -15,7 +15,7 @@ from ..dependencies import ArtifactsDep, Owner, ServicesDep, SettingsDep, StoreD
 from server.errors import APIError
 from server.queue.jobs import Job, JobStatus
 from ..schemas import Video, VideoDeleted, VideoList, VideoTrace
-from server.queue.store import JobQueue
+from server.queue.job_queue import JobQueue
 from ..tenants import client_address, tenant
 
 router = APIRouter(prefix="/v1", tags=["videos"])
